@@ -1,0 +1,323 @@
+"""YAML -> typed config. Every invalid value raises one ConfigError naming the key, the value and what is allowed.
+
+Each field carries its own rule (type from the annotation, range or choices from `rule(...)`); rules that relate
+several fields live in `_check_relations`. The loader never imports MindSpore, so tools can validate cheaply.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List
+
+import yaml
+
+from locmoe_ms.errors import UserInputError
+
+# Router name -> the gate it learns (None: a fixed, parameter-free assignment). The router registry in
+# locmoe_ms.moe.routers is keyed by the same names; a test keeps the two in step.
+ROUTER_GATES = {"locmoe": "grap", "switch": "dense", "hash": None, "rre": None}
+
+
+class ConfigError(UserInputError):
+    """An invalid config value; the message names the key, the value and what is allowed."""
+
+
+def rule(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None, choices: tuple | None = None, item_ge: int | None = None, help: str = ""):
+    """A dataclass field with its validation rule attached."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "item_ge": item_ge, "help": help}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = rule(50257, ge=2, help="tokenizer vocabulary size (the data pipeline may raise it)")
+    hidden_size: int = rule(256, ge=1)
+    num_heads: int = rule(4, ge=1)
+    ffn_hidden_size: int = rule(1024, ge=1, help="dense FFN and per-expert FFN inner size")
+    num_layers: int = rule(4, ge=1, help="transformer blocks below the query layer")
+    sparse_layers: List[int] = rule([1, 3], item_ge=0, help="indices of blocks whose FFN is an MoE layer")
+    seq_length: int = rule(128, ge=2)
+    activation: str = rule("gelu", choices=("gelu", "gelu_tanh", "fast_gelu", "relu"),
+                           help="gelu is the paper's exact GeLU")
+    dropout: float = rule(0.0, ge=0.0, lt=1.0)
+    layernorm_eps: float = rule(1e-5, gt=0.0)
+    init_std: float = rule(0.02, gt=0.0)
+    compute_dtype: str = rule("float32", choices=("float32", "float16", "bfloat16"),
+                              help="matmul dtype; float16/bfloat16 need Ascend")
+
+
+@dataclass
+class MoEConfig:
+    expert_num: int = rule(8, ge=1)
+    router: str = rule("locmoe", choices=tuple(ROUTER_GATES))
+    capacity_factor: float = rule(1.25, gt=0.0)
+    min_capacity: int = rule(1, ge=1, help="lower limit on slots per expert")
+    aux_loss_factor: float = rule(0.01, ge=0.0, help="alpha of the auxiliary load-balance loss")
+    locality_loss_factor: float = rule(0.01, ge=0.0, help="mu of the locality loss (locmoe only)")
+    locality_eps: float = rule(0.01, gt=0.0, lt=1.0, help="mass of the uniform part of the localized target")
+    rre_groups: int = rule(2, ge=1, help="expert groups of the rre router's first level")
+    rre_group_by: str = rule("token", choices=("token", "domain"), help="rre first level: token hash or domain id")
+    hash_seed: int = rule(1234, ge=0, help="seed of the fixed hash tables (hash, rre)")
+
+
+@dataclass
+class ParallelConfig:
+    nodes: int = rule(2, ge=1, help="servers; a single process emulates them as a virtual topology")
+    devices_per_node: int = rule(4, ge=1)
+    data_parallel: int = rule(8, ge=1)
+    model_parallel: int = rule(1, ge=1)
+    expert_parallel: int = rule(1, ge=1)
+    communicator: str = rule("local", choices=("local", "cpu", "hccl"))
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = rule(8, ge=1, help="global batch, in sequences")
+    max_steps: int = rule(300, ge=1)
+    learning_rate: float = rule(1e-3, gt=0.0)
+    min_learning_rate: float = rule(1e-4, ge=0.0)
+    warmup_steps: int = rule(20, ge=0)
+    weight_decay: float = rule(0.01, ge=0.0)
+    grad_clip: float = rule(1.0, ge=0.0, help="global norm; 0 disables")
+    seed: int = rule(0, ge=0)
+    mode: str = rule("graph", choices=("graph", "pynative"))
+    log_every: int = rule(10, ge=1)
+    eval_every: int = rule(100, ge=1)
+    eval_batches: int = rule(8, ge=1)
+    save_every: int = rule(100, ge=1)
+    keep_checkpoints: int = rule(2, ge=1)
+
+
+@dataclass
+class DataConfig:
+    corpus: str = rule("wiki_en", choices=("wiki_en", "peoples_daily", "files"))
+    paths: List[str] = rule([], help=".txt/.jsonl files or a MindRecord file, with corpus: files")
+    tokenizer: str = rule("gpt2", choices=("gpt2", "byte"))
+    valid_fraction: float = rule(0.05, gt=0.0, lt=0.5)
+    test_fraction: float = rule(0.05, gt=0.0, lt=0.5)
+    max_documents: int = rule(0, ge=0, help="0 = all")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moe_config: MoEConfig = field(default_factory=MoEConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def virtual_devices(self) -> int:
+        return self.parallel_config.nodes * self.parallel_config.devices_per_node
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTION_TYPES = typing.get_type_hints(Config)
+
+
+def _describe_rule(meta: dict, typ: Any) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    parts = []
+    for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(key) is not None:
+            parts.append(f"{sym} {meta[key]}")
+    name = _type_name(typ)
+    return f"{name} {' and '.join(parts)}".strip()
+
+
+def _type_name(typ: Any) -> str:
+    origin = typing.get_origin(typ)
+    if origin in (list, List):
+        return f"a list of {_type_name(typing.get_args(typ)[0])}"
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(typ) if a is not type(None)) + " or null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(typ, str(typ))
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against the annotation `typ`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(typ) if a is not type(None)][0]
+        return _coerce(key, value, inner)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r}: must be {_type_name(typ)}")
+        return [_coerce(f"{key}[{i}]", v, typing.get_args(typ)[0]) for i, v in enumerate(value)]
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }[typ]
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: must be {_type_name(typ)}")
+    return float(value) if typ is float else value
+
+
+def _check_rule(key: str, value: Any, meta: dict, typ: Any) -> None:
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        if meta.get("item_ge") is not None and any(v < meta["item_ge"] for v in items):
+            raise ConfigError(f"{key} = {value!r}: every item must be >= {meta['item_ge']}")
+        return
+    bad = (
+        (meta.get("choices") and value not in meta["choices"])
+        or (meta.get("ge") is not None and value < meta["ge"])
+        or (meta.get("gt") is not None and value <= meta["gt"])
+        or (meta.get("le") is not None and value > meta["le"])
+        or (meta.get("lt") is not None and value >= meta["lt"])
+    )
+    if bad:
+        raise ConfigError(f"{key} = {value!r}: must be {_describe_rule(meta, typ)}")
+
+
+def _build_section(name: str, raw: Any):
+    cls = _SECTION_TYPES[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} = {raw!r}: must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        if key not in raw:
+            continue
+        full = f"{name}.{key}"
+        value = _coerce(full, raw[key], hints[key])
+        _check_rule(full, value, dict(f.metadata), hints[key])
+        values[key] = value
+    return cls(**values)
+
+
+def _check_relations(cfg: Config) -> None:
+    """Rules that tie several fields together."""
+    m, moe, par, tr = cfg.model, cfg.moe_config, cfg.parallel_config, cfg.train
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(f"model.hidden_size = {m.hidden_size}: must be divisible by model.num_heads ({m.num_heads})")
+    for idx in m.sparse_layers:
+        if idx >= m.num_layers:
+            raise ConfigError(f"model.sparse_layers = {m.sparse_layers}: indices must be < model.num_layers "
+                              f"({m.num_layers})")
+    if len(set(m.sparse_layers)) != len(m.sparse_layers):
+        raise ConfigError(f"model.sparse_layers = {m.sparse_layers}: indices must be unique")
+    if ROUTER_GATES[moe.router] == "grap" and m.hidden_size < moe.expert_num:
+        raise ConfigError(f"moe_config.expert_num = {moe.expert_num}: the GrAP gate of router '{moe.router}' needs "
+                          f"expert_num <= model.hidden_size ({m.hidden_size})")
+    if moe.expert_num % par.expert_parallel:
+        raise ConfigError(f"parallel_config.expert_parallel = {par.expert_parallel}: must divide "
+                          f"moe_config.expert_num ({moe.expert_num})")
+    if moe.expert_num % moe.rre_groups:
+        raise ConfigError(f"moe_config.rre_groups = {moe.rre_groups}: must divide moe_config.expert_num "
+                          f"({moe.expert_num})")
+    world = cfg.virtual_devices
+    if par.data_parallel * par.model_parallel != world:
+        raise ConfigError(f"parallel_config.data_parallel = {par.data_parallel}: data_parallel * model_parallel "
+                          f"({par.data_parallel} * {par.model_parallel}) must equal nodes * devices_per_node ({world})")
+    if par.data_parallel % par.expert_parallel:
+        raise ConfigError(f"parallel_config.expert_parallel = {par.expert_parallel}: must divide "
+                          f"parallel_config.data_parallel ({par.data_parallel})")
+    tokens = tr.batch_size * m.seq_length
+    if tokens % world:
+        raise ConfigError(f"train.batch_size = {tr.batch_size}: batch_size * model.seq_length ({tokens}) must be "
+                          f"divisible by nodes * devices_per_node ({world})")
+    if tr.batch_size % par.data_parallel:
+        raise ConfigError(f"train.batch_size = {tr.batch_size}: must be divisible by parallel_config.data_parallel "
+                          f"({par.data_parallel})")
+    if tr.min_learning_rate > tr.learning_rate:
+        raise ConfigError(f"train.min_learning_rate = {tr.min_learning_rate}: must be <= train.learning_rate "
+                          f"({tr.learning_rate})")
+    if cfg.data.corpus == "files" and not cfg.data.paths:
+        raise ConfigError("data.paths = []: corpus 'files' needs at least one .txt, .jsonl or .mindrecord path")
+    if cfg.data.valid_fraction + cfg.data.test_fraction >= 0.5:
+        raise ConfigError(f"data.test_fraction = {cfg.data.test_fraction}: valid_fraction + test_fraction must be "
+                          f"< 0.5")
+
+
+def config_from_dict(raw: Any) -> Config:
+    """Build and validate a Config from a parsed YAML mapping."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"top level = {type(raw).__name__}: must be a mapping with sections "
+                          f"{', '.join(SECTIONS)}")
+    for key in raw:
+        if key not in SECTIONS:
+            raise ConfigError(f"{key}: unknown section; allowed: {', '.join(SECTIONS)}")
+    cfg = Config(**{name: _build_section(name, raw.get(name)) for name in SECTIONS})
+    _check_relations(cfg)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse a YAML file; a missing file or malformed YAML is a one-line ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    return raw if raw is not None else {}
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (value parsed as YAML) to a raw config mapping."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        if len(keys) != 2 or not all(keys):
+            raise ConfigError(f"--set {item!r}: the key must be section.key, for example model.hidden_size")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        section = out.setdefault(keys[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"--set {item!r}: section {keys[0]} is not a mapping")
+        section[keys[1]] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a YAML config; errors are prefixed with the file name."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    try:
+        return config_from_dict(raw)
+    except ConfigError as err:
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def field_help(section: str) -> dict[str, str]:
+    """Key -> allowed values and help text, for docs and --help."""
+    cls = _SECTION_TYPES[section]
+    hints = typing.get_type_hints(cls)
+    return {f.name: f"{_describe_rule(dict(f.metadata), hints[f.name])}. {f.metadata.get('help', '')}".strip()
+            for f in dataclasses.fields(cls)}
+

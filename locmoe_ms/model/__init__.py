@@ -1,0 +1,1 @@
+"""PanGu-Sigma-style sparse transformer built from nn.Cells."""

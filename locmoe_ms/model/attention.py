@@ -1,0 +1,41 @@
+"""Causal multi-head self-attention; the query may come from a separate tensor (PanGu-alpha's query layer)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from locmoe_ms.model.layers import Linear
+
+
+class Attention(nn.Cell):
+    def __init__(self, hidden: int, heads: int, seq_length: int, init_std: float, compute_dtype: str = "float32",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.query = Linear(hidden, hidden, init_std, compute_dtype)
+        self.key_value = Linear(hidden, 2 * hidden, init_std, compute_dtype)
+        self.out = Linear(hidden, hidden, init_std, compute_dtype)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        causal = np.triu(np.full((seq_length, seq_length), -1e9, dtype=np.float32), k=1)
+        self.causal_bias = Tensor(causal)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, s, _ = x.shape
+        return x.reshape(b, s, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, x: Tensor, query_input: Tensor) -> Tensor:
+        """x [B, S, h] gives keys and values; query_input [B, S, h] (or [S, h]) gives queries."""
+        b, s, h = x.shape
+        q = self.query(query_input)
+        q = ops.broadcast_to(q, (b, s, h))
+        k, v = ops.split(self.key_value(x), h, axis=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale + self.causal_bias[:s, :s]
+        probs = self.dropout(ops.softmax(scores, axis=-1))
+        context = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, s, h)
+        return self.out(context)

@@ -1,0 +1,49 @@
+"""Small building blocks shared by dense and sparse layers: activation, linear layer, dense FFN."""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+def activation(name: str) -> nn.Cell:
+    """The FFN activation; 'gelu' is the paper's exact (erf) GeLU."""
+    cells = {"gelu": lambda: nn.GELU(approximate=False), "gelu_tanh": lambda: nn.GELU(approximate=True),
+             "fast_gelu": nn.FastGelu, "relu": nn.ReLU}
+    return cells[name]()
+
+
+class Linear(nn.Cell):
+    """y = x W + b with W [in, out]; the matmul runs in `compute_dtype`, the result is float32."""
+
+    def __init__(self, n_in: int, n_out: int, init_std: float, compute_dtype: str = "float32", bias: bool = True):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(init_std), (n_in, n_out)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(n_out, np.float32)), name="bias") if bias else None
+        self.dtype = DTYPES[compute_dtype]
+        self.cast = compute_dtype != "float32"
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.cast:
+            y = ops.matmul(x.astype(self.dtype), self.weight.astype(self.dtype)).astype(ms.float32)
+        else:
+            y = ops.matmul(x, self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+
+class FeedForward(nn.Cell):
+    """Dense FFN: W_out . act(W_in . x)."""
+
+    def __init__(self, hidden: int, ffn_hidden: int, act: str, init_std: float, compute_dtype: str = "float32"):
+        super().__init__()
+        self.w_in = Linear(hidden, ffn_hidden, init_std, compute_dtype)
+        self.act = activation(act)
+        self.w_out = Linear(ffn_hidden, hidden, init_std, compute_dtype)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.w_out(self.act(self.w_in(x)))

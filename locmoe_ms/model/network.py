@@ -1,0 +1,82 @@
+"""PanGu-Sigma-style language model: embeddings -> dense/sparse blocks -> LayerNorm -> top query layer -> tied head."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from locmoe_ms.config import Config
+from locmoe_ms.model.blocks import DenseBlock, SparseBlock
+from locmoe_ms.parallel.topology import Topology
+
+
+class PanGuSigmaLM(nn.Cell):
+    """construct(input_ids [B, S] int32, domain_ids [B] int32) ->
+    (logits [B*S, V], aux_loss, locality_loss, tokens_per_expert [L, E], dropped_share [L], local_share [L])
+    with L the number of sparse blocks. `batch_size` fixes the MoE capacity (tokens per step)."""
+
+    def __init__(self, cfg: Config, topology: Topology, batch_size: int):
+        super().__init__()
+        m = cfg.model
+        tokens = batch_size * m.seq_length
+        self.hidden = m.hidden_size
+        self.experts = cfg.moe_config.expert_num
+        self.word_embedding = Parameter(initializer(Normal(m.init_std), (m.vocab_size, m.hidden_size)),
+                                        name="word_embedding")
+        self.position_embedding = Parameter(initializer(Normal(m.init_std), (m.seq_length, m.hidden_size)),
+                                            name="position_embedding")
+        self.top_query_embedding = Parameter(initializer(Normal(m.init_std), (m.seq_length, m.hidden_size)),
+                                             name="top_query_embedding")
+        self.sparse_flags = tuple(i in m.sparse_layers for i in range(m.num_layers))
+        self.blocks = nn.CellList([SparseBlock(cfg, topology, tokens) if sparse else DenseBlock(cfg)
+                                   for sparse in self.sparse_flags])
+        self.final_norm = nn.LayerNorm((m.hidden_size,), epsilon=m.layernorm_eps)
+        self.query_layer = DenseBlock(cfg)
+        self.num_sparse = len(m.sparse_layers)
+
+    def construct(self, input_ids: Tensor, domain_ids: Tensor):
+        b, s = input_ids.shape
+        x = ops.gather(self.word_embedding, input_ids, 0) + self.position_embedding[:s]
+        token_ids = input_ids.reshape(-1)
+        token_domains = ops.broadcast_to(domain_ids.reshape(b, 1), (b, s)).reshape(-1)
+        aux = ops.zeros((), ms.float32)
+        loc = ops.zeros((), ms.float32)
+        loads, dropped, local = (), (), ()
+        for i in range(len(self.sparse_flags)):
+            if self.sparse_flags[i]:
+                x, layer_aux, layer_loc, layer_load, layer_dropped, layer_local = self.blocks[i](x, token_ids,
+                                                                                               token_domains)
+                aux = aux + layer_aux
+                loc = loc + layer_loc
+                loads += (layer_load,)
+                dropped += (layer_dropped,)
+                local += (layer_local,)
+            else:
+                x = self.blocks[i](x)
+        x = self.query_layer(self.final_norm(x), self.top_query_embedding[:s])
+        logits = ops.matmul(x.reshape(b * s, self.hidden), self.word_embedding.T)
+        if self.num_sparse == 0:
+            return logits, aux, loc, ops.zeros((0, self.experts), ms.float32), ops.zeros((0,), ms.float32), \
+                ops.zeros((0,), ms.float32)
+        return logits, aux, loc, ops.stack(loads), ops.stack(dropped), ops.stack(local)
+
+
+class LanguageModelLoss(nn.Cell):
+    """construct(tokens [B, S+1], domain_ids [B]) ->
+    (loss = lm + aux + locality, lm_loss, aux_loss, locality_loss, tokens_per_expert, dropped_share, local_share)."""
+
+    def __init__(self, network: PanGuSigmaLM):
+        super().__init__()
+        self.network = network
+
+    def construct(self, tokens: Tensor, domain_ids: Tensor):
+        logits, aux, loc, load, dropped, local = self.network(tokens[:, :-1], domain_ids)
+        labels = tokens[:, 1:].reshape(-1, 1)
+        lm = -ops.gather_elements(ops.log_softmax(logits, axis=-1), 1, labels).mean()
+        return lm + aux + loc, lm, aux, loc, load, dropped, local
+
+
+def build_model(cfg: Config, batch_size: int | None = None) -> LanguageModelLoss:
+    """The loss network for a config; the virtual topology comes from parallel_config."""
+    topology = Topology.from_config(cfg)
+    return LanguageModelLoss(PanGuSigmaLM(cfg, topology, batch_size or cfg.train.batch_size))

@@ -1,0 +1,30 @@
+"""Experts as one batched FFN over [experts, slots, hidden]: W_out . act(W_in . x) per expert."""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from locmoe_ms.model.layers import DTYPES, activation
+
+
+class Experts(nn.Cell):
+    def __init__(self, experts: int, hidden: int, ffn_hidden: int, act: str, init_std: float,
+                 compute_dtype: str = "float32"):
+        super().__init__()
+        self.w_in = Parameter(initializer(Normal(init_std), (experts, hidden, ffn_hidden)), name="w_in")
+        self.b_in = Parameter(Tensor(np.zeros((experts, 1, ffn_hidden), np.float32)), name="b_in")
+        self.w_out = Parameter(initializer(Normal(init_std), (experts, ffn_hidden, hidden)), name="w_out")
+        self.b_out = Parameter(Tensor(np.zeros((experts, 1, hidden), np.float32)), name="b_out")
+        self.act = activation(act)
+        self.dtype = DTYPES[compute_dtype]
+        self.cast = compute_dtype != "float32"
+
+    def _bmm(self, x: Tensor, w: Tensor) -> Tensor:
+        if self.cast:
+            return ops.bmm(x.astype(self.dtype), w.astype(self.dtype)).astype(ms.float32)
+        return ops.bmm(x, w)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self._bmm(self.act(self._bmm(x, self.w_in) + self.b_in), self.w_out) + self.b_out

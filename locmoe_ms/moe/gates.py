@@ -1,0 +1,49 @@
+"""Gates: token -> expert logits. GrAP (fixed orthogonal grouped average pooling) and a dense layer."""
+from __future__ import annotations
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+
+def grap_weight(experts: int, hidden: int) -> np.ndarray:
+    """W[i, j] = n/d where floor(j*n/d) == i, else 0: disjoint contiguous blocks, orthogonal rows."""
+    if hidden < experts:
+        raise ValueError(f"GrAP needs hidden ({hidden}) >= experts ({experts})")
+    rows = (np.arange(hidden) * experts) // hidden
+    weight = np.zeros((experts, hidden), dtype=np.float32)
+    weight[rows, np.arange(hidden)] = experts / hidden
+    return weight
+
+
+class GrAPGate(nn.Cell):
+    """G = ReLU(W x + b) with W = grap_weight fixed and b learnable (zero init). O(T*d): a grouped sum, no matmul
+    when d is a multiple of n; otherwise the fixed W is applied as a matmul (blocks of unequal size)."""
+
+    def __init__(self, hidden: int, experts: int):
+        super().__init__()
+        self.experts = experts
+        self.hidden = hidden
+        self.divisible = hidden % experts == 0
+        self.scale = experts / hidden
+        self.weight_t = Tensor(grap_weight(experts, hidden).T)
+        self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.divisible:
+            pooled = x.reshape(x.shape[0], self.experts, self.hidden // self.experts).sum(axis=-1) * self.scale
+        else:
+            pooled = ops.matmul(x, self.weight_t)
+        return ops.relu(pooled + self.bias)
+
+
+class DenseGate(nn.Cell):
+    """G = W x + b with W learnable (Switch Transformer's gate)."""
+
+    def __init__(self, hidden: int, experts: int, init_std: float = 0.02):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(init_std), (hidden, experts)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
+
+    def construct(self, x: Tensor) -> Tensor:
+        return ops.matmul(x, self.weight) + self.bias

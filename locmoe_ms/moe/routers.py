@@ -1,0 +1,124 @@
+"""Routers: one interface for LocMoE, Switch, Hash and PanGu-Sigma's RRE.
+
+Every router is a Cell with construct(x [T, h], token_ids [T] int32, domain_ids [T] int32) returning
+    (expert_index [T] int32, score [T] f32, probs [T, n] f32, aux_loss f32, locality_loss f32)
+so the MoE layer, the metrics and the benchmarks never branch on the router type. Tokens are ordered by token
+group (data-parallel rank) so the locality loss can read each group's share. Fixed routers report one-hot probs,
+score 1 and zero losses.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from mindspore import Tensor, nn, ops
+import mindspore as ms
+
+from locmoe_ms.config import ROUTER_GATES, Config
+from locmoe_ms.moe.gates import DenseGate, GrAPGate
+from locmoe_ms.moe.losses import auxiliary_loss, locality_loss
+from locmoe_ms.parallel.topology import Topology
+
+
+class LearnedRouter(nn.Cell):
+    """Top-1 over softmax(gate(x)), with the auxiliary loss and (if locality_factor > 0) the locality loss."""
+
+    def __init__(self, gate: nn.Cell, experts: int, aux_factor: float, locality_factor: float,
+                 locality_target: np.ndarray, has_local: np.ndarray):
+        super().__init__()
+        self.gate = gate
+        self.experts = experts
+        self.aux_factor = aux_factor
+        self.locality_factor = locality_factor
+        self.use_locality = locality_factor > 0
+        self.target = Tensor(locality_target, ms.float32)
+        self.has_local = Tensor(has_local, ms.float32)
+
+    def construct(self, x, token_ids, domain_ids):
+        probs = ops.softmax(self.gate(x), axis=-1)
+        score, index = ops.max(probs, axis=-1)
+        index = index.astype(ms.int32)
+        aux = auxiliary_loss(probs, index, self.aux_factor)
+        loc = locality_loss(probs, self.target, self.has_local, self.locality_factor) if self.use_locality \
+            else ops.zeros((), ms.float32)
+        return index, score, probs, aux, loc
+
+
+class FixedRouter(nn.Cell):
+    """Base of parameter-free routers: subclasses map (token_ids, domain_ids) to experts."""
+
+    def __init__(self, experts: int):
+        super().__init__()
+        self.experts = experts
+
+    def assign(self, token_ids: Tensor, domain_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def construct(self, x, token_ids, domain_ids):
+        index = self.assign(token_ids, domain_ids)
+        probs = ops.one_hot(index, self.experts, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+        score = ops.ones(index.shape, ms.float32)
+        zero = ops.zeros((), ms.float32)
+        return index, score, probs, zero, zero
+
+
+def balanced_table(size: int, buckets: int, seed: int) -> np.ndarray:
+    """A fixed random map of 0..size-1 onto buckets, each bucket receiving floor or ceil(size/buckets) ids."""
+    return (np.random.default_rng(seed).permutation(size) % buckets).astype(np.int32)
+
+
+class HashRouter(FixedRouter):
+    """Hash layer (Roller et al. 2021): a fixed balanced hash of the token id."""
+
+    def __init__(self, vocab_size: int, experts: int, seed: int):
+        super().__init__(experts)
+        self.vocab_size = vocab_size
+        self.table = Tensor(balanced_table(vocab_size, experts, seed))
+
+    def assign(self, token_ids, domain_ids):
+        return ops.gather(self.table, token_ids % self.vocab_size, 0)
+
+
+class RRERouter(FixedRouter):
+    """PanGu-Sigma's random routed experts: level 1 picks an expert group (domain id, or a token hash),
+    level 2 a fixed balanced hash of the token id inside the group."""
+
+    def __init__(self, vocab_size: int, experts: int, groups: int, group_by_domain: bool, seed: int):
+        super().__init__(experts)
+        self.vocab_size = vocab_size
+        self.groups = groups
+        self.per_group = experts // groups
+        self.group_by_domain = group_by_domain
+        self.group_table = Tensor(balanced_table(vocab_size, groups, seed))
+        self.inner_table = Tensor(balanced_table(vocab_size, self.per_group, seed + 1))
+
+    def assign(self, token_ids, domain_ids):
+        ids = token_ids % self.vocab_size
+        if self.group_by_domain:
+            group = domain_ids % self.groups
+        else:
+            group = ops.gather(self.group_table, ids, 0)
+        return group * self.per_group + ops.gather(self.inner_table, ids, 0)
+
+
+def _learned(cfg: Config, topology: Topology, gate: nn.Cell, locality_factor: float) -> LearnedRouter:
+    target, has_local = topology.locality_target(cfg.moe_config.locality_eps)
+    return LearnedRouter(gate, cfg.moe_config.expert_num, cfg.moe_config.aux_loss_factor, locality_factor,
+                         target, has_local)
+
+
+ROUTERS: dict[str, Callable[[Config, Topology], nn.Cell]] = {
+    "locmoe": lambda cfg, topo: _learned(cfg, topo, GrAPGate(cfg.model.hidden_size, cfg.moe_config.expert_num),
+                                         cfg.moe_config.locality_loss_factor),
+    "switch": lambda cfg, topo: _learned(cfg, topo, DenseGate(cfg.model.hidden_size, cfg.moe_config.expert_num,
+                                                              cfg.model.init_std), 0.0),
+    "hash": lambda cfg, topo: HashRouter(cfg.model.vocab_size, cfg.moe_config.expert_num, cfg.moe_config.hash_seed),
+    "rre": lambda cfg, topo: RRERouter(cfg.model.vocab_size, cfg.moe_config.expert_num, cfg.moe_config.rre_groups,
+                                       cfg.moe_config.rre_group_by == "domain", cfg.moe_config.hash_seed),
+}
+assert set(ROUTERS) == set(ROUTER_GATES), "router registry and config.ROUTER_GATES must name the same routers"
+
+
+def build_router(cfg: Config, topology: Topology) -> nn.Cell:
+    """The router named by cfg.moe_config.router."""
+    return ROUTERS[cfg.moe_config.router](cfg, topology)

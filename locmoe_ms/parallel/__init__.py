@@ -1,0 +1,1 @@
+"""Topology and (later) communicators and exchanges."""

@@ -1,0 +1,83 @@
+"""Cluster topology: nodes x devices per node, data/tensor/expert groups, expert placement, where tokens live.
+
+Ranks are numbered node by node. Tensor-parallel groups are `model_parallel` consecutive ranks (inside one node);
+data-parallel index j = rank // model_parallel owns batch rows [j*B/dp, (j+1)*B/dp) and is one *token group*.
+Expert-parallel rank of a device = j % expert_parallel; it holds experts [k*n/ep, (k+1)*n/ep). In one process the
+same object describes a *virtual* cluster, so routing statistics and the locality loss equal the cluster's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from locmoe_ms.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: int
+    devices_per_node: int
+    expert_num: int
+    model_parallel: int = 1
+    expert_parallel: int = 1
+    placement: tuple[tuple[int, ...], ...] | None = None  # optional explicit expert -> devices holding a copy
+
+    def __post_init__(self) -> None:
+        if self.devices_per_node % self.model_parallel:
+            raise UserInputError(f"parallel_config.model_parallel = {self.model_parallel}: must divide "
+                                 f"devices_per_node ({self.devices_per_node}) so a tensor-parallel group stays in a node")
+        if self.token_groups % self.expert_parallel or self.expert_num % self.expert_parallel:
+            raise UserInputError(f"parallel_config.expert_parallel = {self.expert_parallel}: must divide the data-parallel "
+                                 f"size ({self.token_groups}) and expert_num ({self.expert_num})")
+        if self.placement is not None and len(self.placement) != self.expert_num:
+            raise UserInputError(f"placement has {len(self.placement)} entries: need one per expert ({self.expert_num})")
+
+    @classmethod
+    def from_config(cls, cfg) -> "Topology":
+        par = cfg.parallel_config
+        return cls(par.nodes, par.devices_per_node, cfg.moe_config.expert_num, par.model_parallel, par.expert_parallel)
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.devices_per_node
+
+    @property
+    def token_groups(self) -> int:
+        """Data-parallel size: groups of devices that hold distinct tokens."""
+        return self.world // self.model_parallel
+
+    def node_of_rank(self, rank: int) -> int:
+        return rank // self.devices_per_node
+
+    def node_of_group(self, group: int) -> int:
+        return self.node_of_rank(group * self.model_parallel)
+
+    def experts_of_rank(self, rank: int) -> list[int]:
+        if self.placement is not None:
+            return [e for e, devs in enumerate(self.placement) if rank in devs]
+        per = self.expert_num // self.expert_parallel
+        block = (rank // self.model_parallel) % self.expert_parallel
+        return list(range(block * per, (block + 1) * per))
+
+    def node_expert_mask(self) -> np.ndarray:
+        """[nodes, experts] True where a copy of the expert is resident on the node."""
+        mask = np.zeros((self.nodes, self.expert_num), dtype=bool)
+        for rank in range(self.world):
+            mask[self.node_of_rank(rank), self.experts_of_rank(rank)] = True
+        return mask
+
+    def group_local_mask(self) -> np.ndarray:
+        """[token_groups, experts] True where the expert is on the token group's node."""
+        nodes = self.node_expert_mask()
+        return np.stack([nodes[self.node_of_group(g)] for g in range(self.token_groups)])
+
+    def locality_target(self, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per token group: D = (1-eps)*uniform(local experts) + eps*uniform(all), and whether any expert is local."""
+        local = self.group_local_mask().astype(np.float64)
+        count = local.sum(axis=1, keepdims=True)
+        has_local = count[:, 0] > 0
+        uniform_local = np.divide(local, count, out=np.zeros_like(local), where=count > 0)
+        target = (1.0 - eps) * uniform_local + eps / self.expert_num
+        target[~has_local] = 1.0 / self.expert_num
+        return target.astype(np.float32), has_local.astype(np.float32)
