@@ -1,0 +1,62 @@
+"""Router interface, and the fixed routers' determinism and balance."""
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from locmoe_ms.config import ROUTER_GATES
+from locmoe_ms.moe.routers import ROUTERS, build_router
+from locmoe_ms.parallel.topology import Topology
+from tests.conftest import small_config
+
+
+@pytest.mark.parametrize("router", sorted(ROUTER_GATES))
+def test_every_router_returns_the_same_structure(router):
+    cfg = small_config(router)
+    r = build_router(cfg, Topology.from_config(cfg))
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.normal(0, 1, (16, 32)).astype(np.float32))
+    ids = Tensor(rng.integers(0, 200, 16).astype(np.int32))
+    index, score, probs, aux, loc = r(x, ids, Tensor(np.zeros(16, np.int32)))
+    assert index.shape == (16,) and score.shape == (16,) and probs.shape == (16, 4)
+    assert aux.shape == () and loc.shape == ()
+    np.testing.assert_allclose(probs.asnumpy().sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(score.asnumpy(), probs.asnumpy()[np.arange(16), index.asnumpy()], atol=1e-7)
+    assert set(ROUTERS) == set(ROUTER_GATES)
+
+
+@pytest.mark.parametrize("router", ["hash", "rre"])
+def test_fixed_routers_are_deterministic(router):
+    ids = np.random.default_rng(3).integers(0, 200, 64).astype(np.int32)
+    runs = []
+    for _ in range(2):
+        cfg = small_config(router)
+        r = build_router(cfg, Topology.from_config(cfg))
+        runs.append(r(Tensor(np.zeros((64, 32), np.float32)), Tensor(ids), Tensor(np.zeros(64, np.int32)))[0]
+                    .asnumpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    # same token id -> same expert
+    for token in np.unique(ids):
+        assert len(set(runs[0][ids == token])) == 1
+
+
+def test_hash_is_balanced_within_one_token_on_uniform_ids():
+    cfg = small_config("hash", model={"vocab_size": 1003}, moe_config={"expert_num": 8},
+                       parallel_config={"expert_parallel": 4})
+    r = build_router(cfg, Topology.from_config(cfg))
+    ids = np.arange(1003, dtype=np.int32)
+    index = r(Tensor(np.zeros((1003, 32), np.float32)), Tensor(ids), Tensor(np.zeros(1003, np.int32)))[0].asnumpy()
+    counts = np.bincount(index, minlength=8)
+    assert counts.max() - counts.min() <= 1, counts
+
+
+def test_rre_routes_each_domain_to_its_expert_group():
+    cfg = small_config("rre", moe_config={"expert_num": 4, "rre_groups": 2, "rre_group_by": "domain"})
+    r = build_router(cfg, Topology.from_config(cfg))
+    ids = np.tile(np.arange(200, dtype=np.int32), 2)  # the whole vocabulary, once per domain
+    domains = np.repeat(np.array([0, 1], np.int32), 200)
+    index = r(Tensor(np.zeros((400, 32), np.float32)), Tensor(ids), Tensor(domains))[0].asnumpy()
+    assert set(index[:200]) == {0, 1} and set(index[200:]) == {2, 3}
+    # level 2 depends on the token only: the same token takes the same place inside either group
+    np.testing.assert_array_equal(index[:200], index[200:] - 2)
+    counts = np.bincount(index[:200], minlength=2)
+    assert abs(counts[0] - counts[1]) <= 1
