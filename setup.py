@@ -17,5 +17,5 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={"test": ["pytest>=7"]},
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["locmoe-check-config=locmoe_ms.config:main"]},
 )

@@ -15,7 +15,7 @@ from typing import Any, List
 
 import yaml
 
-from locmoe_ms.errors import UserInputError
+from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input
 
 # Router name -> the gate it learns (None: a fixed, parameter-free assignment). The router registry in
 # locmoe_ms.moe.routers is keyed by the same names; a test keeps the two in step.
@@ -304,9 +304,33 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_tree(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a YAML config; a top-level `base: other.yaml` (relative to this file) is read first and overridden."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: base = {path.name!r}: configs include each other in a cycle")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base = {base!r}: must be the path of another YAML config")
+    return _merge(read_config_tree(path.parent / base, _seen + (path.resolve(),)), raw)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a YAML config; errors are prefixed with the file name."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw = apply_overrides(read_config_tree(path), overrides or [])
     try:
         return config_from_dict(raw)
     except ConfigError as err:
@@ -321,3 +345,20 @@ def field_help(section: str) -> dict[str, str]:
     return {f.name: f"{_describe_rule(dict(f.metadata), hints[f.name])}. {f.metadata.get('help', '')}".strip()
             for f in dataclasses.fields(cls)}
 
+
+
+@exits_on_bad_input
+def main(argv: list[str] | None = None) -> int:
+    """locmoe-check-config: validate a config (with overrides) and print it fully resolved as YAML."""
+    parser = ArgumentParser(prog="locmoe-check-config", description=main.__doc__)
+    parser.add_argument("config", help="YAML file, for example model_configs/tiny_cpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value (parsed as YAML); repeatable")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Config loading: the shipped files validate; every bad value is one error naming the key, the value and the rule."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from locmoe_ms.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "model_configs" / "tiny_cpu.yaml"
+
+
+def test_shipped_configs_load():
+    for path in sorted((ROOT / "model_configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_base_config_is_overridden_by_the_child():
+    cfg = load_config(ROOT / "model_configs" / "tiny_cpu_switch.yaml")
+    assert cfg.moe_config.router == "switch" and cfg.moe_config.locality_loss_factor == 0.0
+    assert cfg.model.hidden_size == load_config(BASE).model.hidden_size
+
+
+# (override, text the message must contain: key, value, and what is allowed)
+BAD = [
+    ("model.hidden_size=abc", ["model.hidden_size", "'abc'", "must be an integer"]),
+    ("model.hidden_size=-4", ["model.hidden_size", "-4", ">= 1"]),
+    ("model.hidden_size=true", ["model.hidden_size", "True", "must be an integer"]),
+    ("model.num_heads=3", ["model.hidden_size", "256", "divisible by model.num_heads (3)"]),
+    ("model.hiden_size=128", ["model.hiden_size", "unknown key", "allowed: vocab_size"]),
+    ("model.sparse_layers=[1, 9]", ["model.sparse_layers", "[1, 9]", "< model.num_layers (4)"]),
+    ("model.sparse_layers=[1, 1]", ["model.sparse_layers", "[1, 1]", "unique"]),
+    ("model.sparse_layers=3", ["model.sparse_layers", "3", "a list of an integer"]),
+    ("model.activation=swish", ["model.activation", "'swish'", "one of gelu, gelu_tanh, fast_gelu, relu"]),
+    ("model.dropout=1.0", ["model.dropout", "1.0", "< 1.0"]),
+    ("moe_config.router=gshard", ["moe_config.router", "'gshard'", "one of locmoe, switch, hash, rre"]),
+    ("moe_config.capacity_factor=0", ["moe_config.capacity_factor", "0", "> 0.0"]),
+    ("moe_config.expert_num=512", ["moe_config.expert_num", "512", "expert_num <= model.hidden_size (256)"]),
+    ("moe_config.expert_num=12", ["parallel_config.expert_parallel", "8", "divide moe_config.expert_num (12)"]),
+    ("moe_config.rre_groups=3", ["moe_config.rre_groups", "3", "divide moe_config.expert_num (8)"]),
+    ("moe_config.locality_eps=1.5", ["moe_config.locality_eps", "1.5", "< 1.0"]),
+    ("train.learning_rate=.nan", ["train.learning_rate", "nan", "must be a number"]),
+    ("train.mode=eager", ["train.mode", "'eager'", "one of graph, pynative"]),
+    ("train.batch_size=6", ["train.batch_size", "6", "divisible by parallel_config.data_parallel (8)"]),
+    ("parallel_config.data_parallel=3", ["parallel_config.data_parallel", "3", "must equal nodes * devices_per_node"]),
+    ("parallel_config.communicator=nccl", ["parallel_config.communicator", "'nccl'", "one of local, cpu, hccl"]),
+    ("data.corpus=files", ["data.paths", "[]", "at least one"]),
+    ("optimizer.lr=1", ["optimizer", "unknown section", "allowed: model"]),
+]
+
+
+@pytest.mark.parametrize("override,expected", BAD, ids=[b[0] for b in BAD])
+def test_bad_value_names_key_value_and_rule(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(BASE, [override])
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(str(BASE))
+    for part in expected:
+        assert part in message, (part, message)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("model: {hidden_size: 128\n", ["malformed YAML at line"]),
+    ("- just\n- a list\n", ["top level", "must be a mapping"]),
+    ("model: 5\n", ["model = 5", "must be a mapping"]),
+    ("base: missing.yaml\n", ["missing.yaml: config file not found"]),
+])
+def test_bad_files(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    for part in expected:
+        assert part in str(err.value), str(err.value)
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE), "--set", "moe_config.router=gshard"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert "moe_config.router = 'gshard'" in out.stderr
+    good = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE)], capture_output=True, text=True,
+                          timeout=120)
+    assert good.returncode == 0 and "router: locmoe" in good.stdout
