@@ -15,7 +15,12 @@ setup(
         "numpy>=1.22,<2",  # MindSpore 2.10.0 ships modules built against NumPy 1.x
         "scipy>=1.9",
         "pyyaml>=6.0",
+        "tiktoken>=0.7",  # GPT-2 BPE; its ranks file comes from openai-whisper (installed with --no-deps, see README)
     ],
     extras_require={"test": ["pytest>=7"]},
-    entry_points={"console_scripts": ["locmoe-check-config=locmoe_ms.config:main"]},
+    entry_points={"console_scripts": [
+        "locmoe-train=locmoe_ms.cli:train_main",
+        "locmoe-eval=locmoe_ms.cli:eval_main",
+        "locmoe-check-config=locmoe_ms.config:main",
+    ]},
 )

@@ -9,7 +9,7 @@ class TrainStep(nn.Cell):
     """construct(*inputs) -> the loss network's outputs (loss first), after one update of `optimizer`."""
 
     def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, grad_clip: float = 0.0):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep parameter names as the loss network has them
         self.loss_net = loss_net
         self.optimizer = optimizer
         self.grad_clip = grad_clip

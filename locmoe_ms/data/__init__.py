@@ -1,0 +1,1 @@
+"""Real corpora, tokenizers, deterministic splits and packed batches."""

@@ -1,0 +1,96 @@
+"""Packed fixed-length sequences per split, and a batch stream whose position can be saved and restored exactly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from locmoe_ms.config import DataConfig
+from locmoe_ms.data.corpus import documents, split_of
+from locmoe_ms.errors import UserInputError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class PackedSplit:
+    """tokens [N, seq_length + 1] int32 (inputs and shifted labels), domains [N] int32."""
+    tokens: np.ndarray
+    domains: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def pack(token_lists: list[list[int]], domains: list[int], seq_length: int, eos_id: int) -> PackedSplit:
+    """Concatenate documents (each followed by eos) and cut rows of seq_length + 1 tokens with stride seq_length,
+    so every token is a label exactly once. A row's domain is that of the document its first token comes from."""
+    lengths = np.array([len(t) + 1 for t in token_lists], dtype=np.int64)
+    stream = np.fromiter((i for t in token_lists for i in (*t, eos_id)), dtype=np.int32, count=int(lengths.sum()))
+    doc_of_token = np.repeat(np.asarray(domains, dtype=np.int32), lengths)
+    rows = (len(stream) - 1) // seq_length
+    starts = np.arange(rows, dtype=np.int64) * seq_length
+    tokens = stream[starts[:, None] + np.arange(seq_length + 1)]
+    return PackedSplit(tokens, doc_of_token[starts] if rows else np.zeros(0, np.int32))
+
+
+def load_splits(data: DataConfig, seq_length: int, tokenizer) -> dict[str, PackedSplit]:
+    """Documents -> deterministic train/valid/test split by title hash -> packed sequences."""
+    grouped = {s: ([], []) for s in SPLITS}
+    docs = documents(data.corpus, data.paths)
+    for n, doc in enumerate(docs):
+        if data.max_documents and n >= data.max_documents:
+            break
+        texts, domains = grouped[split_of(doc.title, data.valid_fraction, data.test_fraction)]
+        texts.append(doc.text)
+        domains.append(doc.domain)
+    out = {}
+    for name, (texts, domains) in grouped.items():
+        packed = pack(tokenizer.encode_batch(texts), domains, seq_length, tokenizer.eos_id)
+        if len(packed) == 0:
+            where = ", ".join(data.paths) if data.corpus == "files" else data.corpus
+            raise UserInputError(f"data: {where}: the {name} split holds fewer than {seq_length + 1} tokens; "
+                                 f"add text or lower model.seq_length")
+        out[name] = packed
+    return out
+
+
+class BatchStream:
+    """Shuffled batches of a split, epoch after epoch; `state()` / `restore()` give the exact position."""
+
+    def __init__(self, split: PackedSplit, batch_size: int, seed: int):
+        if len(split) < batch_size:
+            raise UserInputError(f"train.batch_size = {batch_size}: the split has only {len(split)} sequences")
+        self.split = split
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.index = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.index + self.batch_size > len(self._order):
+            self.epoch += 1
+            self.index = 0
+            self._order = self._permutation(self.epoch)
+        rows = self._order[self.index:self.index + self.batch_size]
+        self.index += self.batch_size
+        return self.split.tokens[rows], self.split.domains[rows]
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation(self.epoch)
+
+
+def eval_batches(split: PackedSplit, batch_size: int, limit: int):
+    """The first `limit` full batches of a split, in order (the same every time)."""
+    count = min(limit, len(split) // batch_size)
+    for b in range(count):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        yield split.tokens[rows], split.domains[rows]

@@ -1,0 +1,84 @@
+"""Training checkpoints with MindSpore's own format and CRC: atomic writes, the last K kept, metadata inside.
+
+A checkpoint holds every parameter of the train step cell (model weights, optimizer moments, its global step) and,
+through `append_dict`, the training step, the data position and the config, so `--resume` continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import nn
+
+from locmoe_ms.errors import UserInputError
+
+NAME = re.compile(r"^step_(\d{8})\.ckpt$")
+META_KEYS = ("step", "data_epoch", "data_index", "config_json", "valid_ppl", "format_version")
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step_{step:08d}.ckpt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in `directory`, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if NAME.match(p.name))
+
+
+def save(cell: nn.Cell, directory: Path, step: int, meta: dict, keep: int) -> Path:
+    """Write step_XXXXXXXX.ckpt via a temporary file and rename, then drop all but the newest `keep`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(directory, step)
+    tmp = directory / f".tmp_{final.name}"  # must end in .ckpt or MindSpore appends it
+    append = {k: v for k, v in meta.items() if v is not None}
+    append.update(step=int(step), format_version=1)
+    ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink()
+    return final
+
+
+def load(path: str | Path) -> tuple[dict, dict]:
+    """(parameters, metadata) of a checkpoint; a missing, corrupted or truncated file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise UserInputError(f"{path}: checkpoint is empty")
+    try:
+        params = ms.load_checkpoint(str(path), crc_check=True)
+    except Exception as err:  # MindSpore raises ValueError/RuntimeError/TypeError for bad files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"{path}: corrupted or truncated checkpoint ({reason[:160]})") from None
+    meta = {}
+    for key in META_KEYS:
+        if key in params:
+            value = params.pop(key)
+            meta[key] = value.asnumpy().item() if hasattr(value, "asnumpy") else value
+    if "step" not in meta:
+        raise UserInputError(f"{path}: not a locmoe-train checkpoint (no step recorded)")
+    return params, meta
+
+
+def restore(cell: nn.Cell, params: dict, path: Path) -> None:
+    """Load parameters into `cell`; every parameter of the cell must be in the checkpoint with the same shape."""
+    own = {p.name: p for p in cell.get_parameters()}
+    missing = [name for name in own if name not in params]
+    if missing:
+        raise UserInputError(f"{path}: checkpoint lacks {len(missing)} parameters of this model, "
+                             f"for example {missing[0]}; was it saved with another config?")
+    for name, param in own.items():
+        if tuple(params[name].shape) != tuple(param.shape):
+            raise UserInputError(f"{path}: parameter {name} has shape {tuple(params[name].shape)}, "
+                                 f"the model expects {tuple(param.shape)}")
+    ms.load_param_into_net(cell, {name: params[name] for name in own}, strict_load=True)
+
+
+def config_of(meta: dict) -> dict:
+    return json.loads(meta["config_json"]) if "config_json" in meta else {}

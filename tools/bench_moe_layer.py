@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""One MoE layer forward+backward against a dense FFN of the same per-token FLOPs, per router, and the gate alone
+(GrAP against dense), all in one process and interleaved step by step so machine noise hits every candidate alike.
+
+Default shape (issue #2): 8 experts, hidden 512, ffn 2048, top-1, capacity factor 1.25, 2048 tokens, fp32, GRAPH.
+Prints the median milliseconds of each candidate and the ratios MoE/dense and GrAP/dense gate.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
+
+from locmoe_ms.config import ROUTER_GATES, config_from_dict  # noqa: E402
+from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.model.layers import FeedForward  # noqa: E402
+from locmoe_ms.moe.gates import DenseGate, GrAPGate  # noqa: E402
+from locmoe_ms.moe.layer import MoELayer  # noqa: E402
+from locmoe_ms.parallel.topology import Topology  # noqa: E402
+
+
+class ForwardBackward(nn.Cell):
+    """Forward, then gradients of sum(out * upstream) (+ router losses) w.r.t. the input and every parameter."""
+
+    def __init__(self, net: nn.Cell, is_moe: bool):
+        super().__init__()
+        self.net = net
+        self.is_moe = is_moe
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+        self.weights = ms.ParameterTuple(net.trainable_params())
+
+    def objective(self, x, upstream, token_ids, domain_ids):
+        if self.is_moe:
+            y, aux, loc, _, _, _ = self.net(x, token_ids, domain_ids)
+            return (y * upstream).sum() + aux + loc
+        return (self.net(x) * upstream).sum()
+
+    def construct(self, x, upstream, token_ids, domain_ids):
+        grads = self.grad(self.objective, self.weights)(x, upstream, token_ids, domain_ids)
+        return grads[0][0].sum()
+
+
+class GateOnly(nn.Cell):
+    def __init__(self, gate: nn.Cell):
+        super().__init__()
+        self.gate = gate
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+        self.weights = ms.ParameterTuple(gate.trainable_params())
+
+    def objective(self, x, upstream):
+        return (self.gate(x) * upstream).sum()
+
+    def construct(self, x, upstream):
+        grads = self.grad(self.objective, self.weights)(x, upstream)
+        return grads[0][0].sum()
+
+
+def layer_config(router: str, hidden: int, ffn: int, experts: int, capacity_factor: float, activation: str):
+    return config_from_dict({
+        "model": {"hidden_size": hidden, "num_heads": 1, "ffn_hidden_size": ffn, "activation": activation,
+                  "seq_length": 2, "num_layers": 1, "sparse_layers": [0]},
+        "moe_config": {"expert_num": experts, "router": router, "capacity_factor": capacity_factor},
+        "parallel_config": {"nodes": 1, "devices_per_node": 1, "data_parallel": 1, "expert_parallel": 1},
+        "train": {"batch_size": 1},
+    })
+
+
+def measure(candidates: dict, steps: int, warmup: int) -> dict[str, float]:
+    """Median ms per candidate; each step runs every candidate once, in turn."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(steps):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+@exits_on_bad_input
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="bench_moe_layer.py", description=__doc__)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--ffn", type=int, default=2048)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--capacity-factor", type=float, default=1.25)
+    p.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh", "fast_gelu", "relu"))
+    p.add_argument("--routers", default=",".join(ROUTER_GATES), help="comma-separated subset of routers")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per candidate (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--mode", default="graph", choices=("graph", "pynative"))
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = p.parse_args(argv)
+    routers = [r for r in args.routers.split(",") if r]
+    for r in routers:
+        if r not in ROUTER_GATES:
+            raise UserInputError(f"--routers: {r!r} is not a router; allowed: {', '.join(ROUTER_GATES)}")
+    for name in ("tokens", "hidden", "ffn", "experts", "steps"):
+        if getattr(args, name) < 1:
+            raise UserInputError(f"--{name} = {getattr(args, name)}: must be >= 1")
+    if args.capacity_factor <= 0:
+        raise UserInputError(f"--capacity-factor = {args.capacity_factor}: must be > 0")
+    if args.hidden < args.experts:
+        raise UserInputError(f"--hidden = {args.hidden}: the GrAP gate needs hidden >= --experts ({args.experts})")
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_seed(0)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.normal(0, 1, (args.tokens, args.hidden)).astype(np.float32))
+    upstream = Tensor(rng.normal(0, 1, (args.tokens, args.hidden)).astype(np.float32))
+    ids = Tensor(rng.integers(0, 50257, args.tokens).astype(np.int32))
+    domains = Tensor(np.zeros(args.tokens, np.int32))
+
+    candidates, capacity = {}, None
+    dense = ForwardBackward(FeedForward(args.hidden, args.ffn, args.activation, 0.02), is_moe=False)
+    candidates["dense FFN"] = lambda: dense(x, upstream, ids, domains).asnumpy()
+    for router in routers:
+        cfg = layer_config(router, args.hidden, args.ffn, args.experts, args.capacity_factor, args.activation)
+        layer = MoELayer(cfg, Topology.from_config(cfg), args.tokens)
+        capacity = layer.capacity
+        step = ForwardBackward(layer, is_moe=True)
+        candidates[f"MoE {router}"] = lambda step=step: step(x, upstream, ids, domains).asnumpy()
+    grap, dense_gate = GateOnly(GrAPGate(args.hidden, args.experts)), GateOnly(DenseGate(args.hidden, args.experts))
+    gate_upstream = Tensor(rng.normal(0, 1, (args.tokens, args.experts)).astype(np.float32))
+    candidates["gate GrAP"] = lambda: grap(x, gate_upstream).asnumpy()
+    candidates["gate dense"] = lambda: dense_gate(x, gate_upstream).asnumpy()
+
+    print(f"tokens={args.tokens} hidden={args.hidden} ffn={args.ffn} experts={args.experts} "
+          f"capacity_factor={args.capacity_factor} (capacity {capacity}/expert) activation={args.activation} "
+          f"mode={args.mode} steps={args.steps} (median after {args.warmup} warm-up), forward+backward, fp32",
+          flush=True)
+    ms_per = measure(candidates, args.steps, args.warmup)
+    base = ms_per["dense FFN"]
+    print(f"{'candidate':<14} {'ms':>9}  ratio")
+    for name, value in ms_per.items():
+        ref = ms_per["gate dense"] if name.startswith("gate") else base
+        label = "vs dense gate" if name.startswith("gate") else "vs dense FFN"
+        print(f"{name:<14} {value:9.2f}  {value / ref:5.3f} {label}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "capacity": capacity, "median_ms": ms_per}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
