@@ -16,6 +16,8 @@ from mindspore import nn
 from locmoe_ms.errors import UserInputError
 
 NAME = re.compile(r"^step_(\d{8})\.ckpt$")
+# Parameters rebuilt from the config rather than restored: the optimizer's learning-rate schedule array.
+DERIVED = ("learning_rate",)
 META_KEYS = ("step", "data_epoch", "data_index", "config_json", "valid_ppl", "format_version")
 
 
@@ -68,7 +70,7 @@ def load(path: str | Path) -> tuple[dict, dict]:
 
 def restore(cell: nn.Cell, params: dict, path: Path) -> None:
     """Load parameters into `cell`; every parameter of the cell must be in the checkpoint with the same shape."""
-    own = {p.name: p for p in cell.get_parameters()}
+    own = {p.name: p for p in cell.get_parameters() if p.name not in DERIVED}
     missing = [name for name in own if name not in params]
     if missing:
         raise UserInputError(f"{path}: checkpoint lacks {len(missing)} parameters of this model, "

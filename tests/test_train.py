@@ -1,0 +1,160 @@
+"""locmoe-train / locmoe-eval on the real corpus (Wikipedia intros, GPT-2 BPE), run as real processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "model_configs" / "tiny_cpu.yaml")
+# A small model on the real corpus so that every router trains in seconds.
+SMALL = ["--set", "model.hidden_size=64", "--set", "model.ffn_hidden_size=128", "--set", "model.seq_length=32",
+         "--set", "train.eval_batches=2", "--set", "train.log_every=5", "--set", "data.max_documents=1500",
+         "--set", "train.warmup_steps=5", "--set", "train.learning_rate=0.003"]
+TIMEOUT = 600
+
+
+def _cli(name, *args, timeout=TIMEOUT):
+    code = f"import sys; from locmoe_ms.cli import {name}; sys.exit({name}(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def _train(out, *extra, timeout=TIMEOUT):
+    return _cli("train_main", "--config", CONFIG, *SMALL, "--output-dir", str(out), *extra, timeout=timeout)
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("router", ["locmoe", "switch", "hash", "rre"])
+def test_loss_falls_over_30_steps_for_each_router(tmp_path, router):
+    run = _train(tmp_path, "--router", router, "--max-steps", "30", "--set", "train.eval_every=30",
+                 "--set", "train.save_every=30")
+    assert run.returncode == 0, run.stderr[-2000:]
+    losses = [m["lm_loss"] for m in _metrics(tmp_path)]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, (router, first, last)
+
+
+def test_metrics_jsonl_schema(tmp_path):
+    run = _train(tmp_path, "--max-steps", "4", "--set", "train.eval_every=2", "--set", "train.save_every=4")
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = _metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert {"step", "loss", "lm_loss", "aux_loss", "locality_loss", "lr", "tokens_per_s", "moe_layers"} <= set(r)
+        assert r["loss"] == pytest.approx(r["lm_loss"] + r["aux_loss"] + r["locality_loss"], rel=1e-5)
+        assert len(r["moe_layers"]) == 2
+        for layer in r["moe_layers"]:
+            assert len(layer["tokens_per_expert"]) == 8 and sum(layer["tokens_per_expert"]) == 8 * 32
+            assert 0 <= layer["dropped_share"] <= 1 and 0 <= layer["local_share"] <= 1
+    assert "valid_ppl" in records[1] and "valid_ppl" in records[3] and "valid_ppl" not in records[0]
+    assert "step 4/4" in run.stderr and "tok/s" in run.stderr and "ETA" in run.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["valid_ppl"] == pytest.approx(records[3]["valid_ppl"])
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path):
+    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12"]
+    straight = _train(tmp_path / "straight", *steps)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    code = "import sys; from locmoe_ms.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--config", CONFIG, *SMALL, "--output-dir", str(out), *steps],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + TIMEOUT
+    while not (out / "checkpoints" / "step_00000008.ckpt").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    resumed = _train(out, *steps, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a, b = _metrics(tmp_path / "straight"), _metrics(out)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-6, (x["step"], x["loss"], y["loss"])
+
+
+def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):
+    run = _train(tmp_path, "--max-steps", "6", "--set", "train.eval_every=6", "--set", "train.save_every=6")
+    assert run.returncode == 0, run.stderr[-2000:]
+    logged = _metrics(tmp_path)[-1]["valid_ppl"]
+    ev = _cli("eval_main", "--config", CONFIG, *SMALL, "--checkpoint",
+              str(tmp_path / "checkpoints" / "step_00000006.ckpt"), "--json")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert result["valid_ppl"] == pytest.approx(logged, rel=1e-6)
+    assert result["valid_ppl_at_save"] == pytest.approx(logged, rel=1e-6)
+    assert result["test_ppl"] > 1
+
+
+def _assert_one_line_error(run, *parts):
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def test_bad_data_path(tmp_path):
+    run = _train(tmp_path / "out", "--max-steps", "2", "--set", "data.corpus=files",
+                 "--set", f"data.paths=[{tmp_path / 'missing.txt'}]")
+    _assert_one_line_error(run, "missing.txt", "no such file")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    run = _train(tmp_path / "out", "--max-steps", "2", "--set", "data.corpus=files", "--set", f"data.paths=[{empty}]")
+    _assert_one_line_error(run, "empty.jsonl", "no text")
+
+
+def test_bad_checkpoint(tmp_path):
+    ckpt = tmp_path / "step_00000001.ckpt"
+    ckpt.write_bytes(b"\x00garbage" * 100)
+    _assert_one_line_error(_cli("eval_main", "--config", CONFIG, "--checkpoint", str(ckpt)), str(ckpt), "corrupted")
+    _assert_one_line_error(_cli("eval_main", "--config", CONFIG, "--checkpoint", str(tmp_path / "nope.ckpt")),
+                           "nope.ckpt", "not found")
+
+
+def test_truncated_checkpoint_is_refused_on_resume(tmp_path):
+    run = _train(tmp_path, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2")
+    assert run.returncode == 0, run.stderr[-2000:]
+    ckpt = tmp_path / "checkpoints" / "step_00000002.ckpt"
+    data = ckpt.read_bytes()
+    os.chmod(ckpt, 0o600)
+    ckpt.write_bytes(data[: len(data) // 2])
+    before = (tmp_path / "metrics.jsonl").read_text()
+    _assert_one_line_error(_train(tmp_path, "--max-steps", "4", "--resume"), "step_00000002.ckpt", "corrupted")
+    assert (tmp_path / "metrics.jsonl").read_text() == before, "a refused resume must not touch the run"
+
+
+@pytest.mark.parametrize("args,parts", [
+    (["--set", "model.hidden_size=-1"], ["model.hidden_size = -1", ">= 1"]),
+    (["--set", "nodot=1"], ["--set 'nodot=1'", "section.key"]),
+    (["--set", "model.hidden_size"], ["expected section.key=value"]),
+    (["--router", "gshard"], ["--router", "invalid choice"]),
+    (["--max-steps", "zero"], ["--max-steps", "invalid int value"]),
+])
+def test_bad_overrides_and_flags(tmp_path, args, parts):
+    _assert_one_line_error(_train(tmp_path, *args), *parts)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    run = _train(tmp_path, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2")
+    assert run.returncode == 0
+    before = (tmp_path / "metrics.jsonl").read_text()
+    _assert_one_line_error(_train(tmp_path, "--max-steps", "2"), "--resume")
+    assert (tmp_path / "metrics.jsonl").read_text() == before
