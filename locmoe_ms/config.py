@@ -97,8 +97,9 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = rule("wiki_en", choices=("wiki_en", "peoples_daily", "files"))
-    paths: List[str] = rule([], help=".txt/.jsonl files or a MindRecord file, with corpus: files")
+    corpus: str = rule("wiki_en", choices=("wiki_en", "peoples_daily", "files", "mindrecord"))
+    paths: List[str] = rule([], help="corpus files: .txt/.jsonl files; corpus mindrecord: one directory written by "
+                                     "tools/preprocess_data.py")
     tokenizer: str = rule("gpt2", choices=("gpt2", "byte"))
     valid_fraction: float = rule(0.05, gt=0.0, lt=0.5)
     test_fraction: float = rule(0.05, gt=0.0, lt=0.5)
@@ -245,7 +246,10 @@ def _check_relations(cfg: Config) -> None:
         raise ConfigError(f"train.min_learning_rate = {tr.min_learning_rate}: must be <= train.learning_rate "
                           f"({tr.learning_rate})")
     if cfg.data.corpus == "files" and not cfg.data.paths:
-        raise ConfigError("data.paths = []: corpus 'files' needs at least one .txt, .jsonl or .mindrecord path")
+        raise ConfigError("data.paths = []: corpus 'files' needs at least one .txt or .jsonl path")
+    if cfg.data.corpus == "mindrecord" and len(cfg.data.paths) != 1:
+        raise ConfigError(f"data.paths = {cfg.data.paths}: corpus 'mindrecord' needs exactly one directory written "
+                          f"by tools/preprocess_data.py")
     if cfg.data.valid_fraction + cfg.data.test_fraction >= 0.5:
         raise ConfigError(f"data.test_fraction = {cfg.data.test_fraction}: valid_fraction + test_fraction must be "
                           f"< 0.5")

