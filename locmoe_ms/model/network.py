@@ -7,6 +7,7 @@ from mindspore.common.initializer import Normal, initializer
 
 from locmoe_ms.config import Config
 from locmoe_ms.model.blocks import DenseBlock, SparseBlock
+from locmoe_ms.model.loss import CrossEntropy
 from locmoe_ms.parallel.topology import Topology
 
 
@@ -68,11 +69,11 @@ class LanguageModelLoss(nn.Cell):
     def __init__(self, network: PanGuSigmaLM):
         super().__init__()
         self.network = network
+        self.cross_entropy = CrossEntropy()
 
     def construct(self, tokens: Tensor, domain_ids: Tensor):
         logits, aux, loc, load, dropped, local = self.network(tokens[:, :-1], domain_ids)
-        labels = tokens[:, 1:].reshape(-1, 1)
-        lm = -ops.gather_elements(ops.log_softmax(logits, axis=-1), 1, labels).mean()
+        lm = self.cross_entropy(logits, tokens[:, 1:].reshape(-1))
         return lm + aux + loc, lm, aux, loc, load, dropped, local
 
 

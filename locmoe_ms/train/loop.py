@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -85,6 +86,10 @@ def train(cfg: Config, output_dir: Path, resume: bool = False) -> dict:
         stream.restore({"epoch": meta["data_epoch"], "index": meta["data_index"]})
         start = int(meta["step"])
         print(f"resumed from {existing[-1]} at step {start}", flush=True)
+        if cfg.model.dropout > 0:
+            print("warning: model.dropout > 0: MindSpore keeps dropout's random state inside the compiled graph, "
+                  "where it cannot be saved, so this resumed run draws other dropout masks than an unbroken run",
+                  file=sys.stderr, flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     log = MetricsLog(output_dir / "metrics.jsonl", start if resume else None)

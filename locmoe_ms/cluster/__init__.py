@@ -1,0 +1,1 @@
+"""Cluster set-up without MindSpore: HCCL rank tables (build, merge, check) for Ascend 910 servers."""
