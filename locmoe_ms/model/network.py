@@ -1,4 +1,8 @@
-"""PanGu-Sigma-style language model: embeddings -> dense/sparse blocks -> LayerNorm -> top query layer -> tied head."""
+"""PanGu-Sigma-style language model: embeddings -> dense/sparse blocks -> top query layer -> LayerNorm -> tied head.
+
+The final LayerNorm sits after the (pre-LN) query layer, as in other pre-LN transformers; with it before the query
+layer, as in PanGu-alpha's code, the unnormalised query-layer output fed the tied head and training diverged here.
+"""
 from __future__ import annotations
 
 import mindspore as ms
@@ -54,7 +58,7 @@ class PanGuSigmaLM(nn.Cell):
                 local += (layer_local,)
             else:
                 x = self.blocks[i](x)
-        x = self.query_layer(self.final_norm(x), self.top_query_embedding[:s])
+        x = self.final_norm(self.query_layer(x, self.top_query_embedding[:s]))
         logits = ops.matmul(x.reshape(b * s, self.hidden), self.word_embedding.T)
         if self.num_sparse == 0:
             return logits, aux, loc, ops.zeros((0, self.experts), ms.float32), ops.zeros((0,), ms.float32), \
