@@ -53,3 +53,17 @@ def test_outputs_report_losses_and_routing_statistics():
     assert dropped.shape == (2,) and ((dropped.asnumpy() >= 0) & (dropped.asnumpy() <= 1)).all()
     assert local.shape == (2,) and ((local.asnumpy() >= 0) & (local.asnumpy() <= 1)).all()
     assert float(aux) > 0 and float(loc) > 0
+
+
+def test_outputs_depend_on_past_tokens_only():
+    cfg = small_config("hash")  # hash routing depends on each token alone, so only attention can carry context
+    net = build_model(cfg).network
+    tokens, domains = _batch(cfg)
+    ids = tokens.asnumpy()[:, :-1]
+    base = net(Tensor(ids), domains)[0].asnumpy().reshape(ids.shape[0], ids.shape[1], -1)
+    changed = ids.copy()
+    changed[:, 7] = (changed[:, 7] + 1) % cfg.model.vocab_size
+    out = net(Tensor(changed), domains)[0].asnumpy().reshape(ids.shape[0], ids.shape[1], -1)
+    change = np.abs(out - base).max(axis=(0, 2))
+    assert (change[:7] == 0).all(), "a position saw a future token"
+    assert (change[8:] > 1e-4).all(), "later positions must read token 7 through attention"
