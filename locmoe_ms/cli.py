@@ -57,3 +57,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(f"step {result['step']}: validation perplexity {result['valid_ppl']:.3f}, "
               f"test perplexity {result['test_ppl']:.3f}")
     return 0
+
+
+if __name__ == "__main__":  # msrun starts a script path: `msrun ... locmoe_ms/cli.py --config ...` trains
+    raise SystemExit(train_main())

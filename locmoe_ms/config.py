@@ -74,7 +74,12 @@ class ParallelConfig:
     data_parallel: int = rule(8, ge=1)
     model_parallel: int = rule(1, ge=1)
     expert_parallel: int = rule(1, ge=1)
-    communicator: str = rule("local", choices=("local", "cpu", "hccl"))
+    communicator: str = rule("local", choices=("local", "cpu", "hccl"),
+                             help="local: one process (virtual cluster); cpu: msrun on CPU; hccl: Ascend")
+    exchange: str = rule("groupwise", choices=("plain", "groupwise"),
+                         help="All-to-All of the full payload, or LocMoE's 1/t per tensor-parallel rank + All-Gather")
+    exchange_chunks: int = rule(1, ge=1, help="capacity chunks pipelined through exchange and expert FFN")
+    count_aware: bool = rule(False, help="send only filled slots (AlltoAllV); counts bytes of filled slots")
 
 
 @dataclass

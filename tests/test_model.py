@@ -46,7 +46,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(router):
 def test_outputs_report_losses_and_routing_statistics():
     cfg = small_config("locmoe", model={"num_layers": 3, "sparse_layers": [0, 2]})
     net = build_model(cfg)
-    loss, lm, aux, loc, load, dropped, local = net(*_batch(cfg))
+    loss, lm, aux, loc, load, dropped, local, traffic = net(*_batch(cfg))
     assert float(loss) == pytest.approx(float(lm) + float(aux) + float(loc), rel=1e-6)
     tokens = cfg.train.batch_size * cfg.model.seq_length
     assert load.shape == (2, 4) and load.asnumpy().sum(1).tolist() == [tokens, tokens]

@@ -5,6 +5,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from locmoe_ms.moe.layer import MoELayer
+from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology
 from tests.conftest import small_config
 from tests.reference import moe_per_token
@@ -14,7 +15,7 @@ TOKENS = 64
 
 def _layer_with_random_weights(router: str, hidden: int, rng):
     cfg = small_config(router, model={"hidden_size": hidden}, moe_config={"min_capacity": TOKENS})
-    layer = MoELayer(cfg, Topology.from_config(cfg), TOKENS)
+    layer = MoELayer(cfg, Placement(Topology.from_config(cfg)), TOKENS)
     experts = layer.experts
     for p in (experts.w_in, experts.b_in, experts.w_out, experts.b_out, layer.router.gate.bias):
         p.set_data(Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))

@@ -5,6 +5,7 @@ from mindspore import Tensor
 
 from locmoe_ms.config import ROUTER_GATES
 from locmoe_ms.moe.routers import ROUTERS, build_router
+from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology
 from tests.conftest import small_config
 
@@ -12,7 +13,7 @@ from tests.conftest import small_config
 @pytest.mark.parametrize("router", sorted(ROUTER_GATES))
 def test_every_router_returns_the_same_structure(router):
     cfg = small_config(router)
-    r = build_router(cfg, Topology.from_config(cfg))
+    r = build_router(cfg, Placement(Topology.from_config(cfg)), 16)
     rng = np.random.default_rng(0)
     x = Tensor(rng.normal(0, 1, (16, 32)).astype(np.float32))
     ids = Tensor(rng.integers(0, 200, 16).astype(np.int32))
@@ -30,7 +31,7 @@ def test_fixed_routers_are_deterministic(router):
     runs = []
     for _ in range(2):
         cfg = small_config(router)
-        r = build_router(cfg, Topology.from_config(cfg))
+        r = build_router(cfg, Placement(Topology.from_config(cfg)), 64)
         runs.append(r(Tensor(np.zeros((64, 32), np.float32)), Tensor(ids), Tensor(np.zeros(64, np.int32)))[0]
                     .asnumpy())
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -42,7 +43,7 @@ def test_fixed_routers_are_deterministic(router):
 def test_hash_is_balanced_within_one_token_on_uniform_ids():
     cfg = small_config("hash", model={"vocab_size": 1003}, moe_config={"expert_num": 8},
                        parallel_config={"expert_parallel": 4})
-    r = build_router(cfg, Topology.from_config(cfg))
+    r = build_router(cfg, Placement(Topology.from_config(cfg)), 1003)
     ids = np.arange(1003, dtype=np.int32)
     index = r(Tensor(np.zeros((1003, 32), np.float32)), Tensor(ids), Tensor(np.zeros(1003, np.int32)))[0].asnumpy()
     counts = np.bincount(index, minlength=8)
@@ -51,7 +52,7 @@ def test_hash_is_balanced_within_one_token_on_uniform_ids():
 
 def test_rre_routes_each_domain_to_its_expert_group():
     cfg = small_config("rre", moe_config={"expert_num": 4, "rre_groups": 2, "rre_group_by": "domain"})
-    r = build_router(cfg, Topology.from_config(cfg))
+    r = build_router(cfg, Placement(Topology.from_config(cfg)), 400)
     ids = np.tile(np.arange(200, dtype=np.int32), 2)  # the whole vocabulary, once per domain
     domains = np.repeat(np.array([0, 1], np.int32), 200)
     index = r(Tensor(np.zeros((400, 32), np.float32)), Tensor(ids), Tensor(domains))[0].asnumpy()

@@ -24,6 +24,7 @@ from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input 
 from locmoe_ms.model.layers import FeedForward  # noqa: E402
 from locmoe_ms.moe.gates import DenseGate, GrAPGate  # noqa: E402
 from locmoe_ms.moe.layer import MoELayer  # noqa: E402
+from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology  # noqa: E402
 
 
@@ -47,7 +48,7 @@ class ForwardBackward(nn.Cell):
 
     def objective(self, x, upstream, token_ids, domain_ids):
         if self.is_moe:
-            y, aux, loc, _, _, _ = self.net(x, token_ids, domain_ids)
+            y, aux, loc, *_ = self.net(x, token_ids, domain_ids)
             return (y * upstream).sum() + aux + loc
         return (self.net(x) * upstream).sum()
 
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     candidates["dense FFN"] = lambda: sync(dense(x, upstream, ids, domains))
     for router in routers:
         cfg = layer_config(router, args.hidden, args.ffn, args.experts, args.capacity_factor, args.activation)
-        layer = MoELayer(cfg, Topology.from_config(cfg), args.tokens)
+        layer = MoELayer(cfg, Placement(Topology.from_config(cfg)), args.tokens)
         capacity = layer.capacity
-        _, _, _, load, dropped, _ = layer(x, ids, domains)
+        _, _, _, load, dropped, *_ = layer(x, ids, domains)
         routing[router] = (float(np.minimum(load.asnumpy(), capacity).sum()) / (capacity * args.experts),
                            float(dropped.asnumpy()))
         step = ForwardBackward(layer, is_moe=True)

@@ -7,7 +7,7 @@ from locmoe_ms.config import Config
 from locmoe_ms.model.attention import Attention
 from locmoe_ms.model.layers import FeedForward
 from locmoe_ms.moe.layer import MoELayer
-from locmoe_ms.parallel.topology import Topology
+from locmoe_ms.parallel.placement import Placement
 
 
 def _attention(cfg: Config) -> Attention:
@@ -40,17 +40,17 @@ class DenseBlock(nn.Cell):
 class SparseBlock(nn.Cell):
     """x + attn(ln(x)); x + moe(ln(x)). Tokens the MoE layer drops keep their residual value."""
 
-    def __init__(self, cfg: Config, topology: Topology, tokens: int):
+    def __init__(self, cfg: Config, placement: Placement, tokens: int):
         super().__init__()
         eps = cfg.model.layernorm_eps
         self.ln_attention = nn.LayerNorm((cfg.model.hidden_size,), epsilon=eps)
         self.attention = _attention(cfg)
         self.ln_moe = nn.LayerNorm((cfg.model.hidden_size,), epsilon=eps)
-        self.moe = MoELayer(cfg, topology, tokens)
+        self.moe = MoELayer(cfg, placement, tokens)
 
     def construct(self, x: Tensor, token_ids: Tensor, domain_ids: Tensor):
         b, s, h = x.shape
         normed = self.ln_attention(x)
         x = x + self.attention(normed, normed)
-        y, aux, loc, load, dropped, local = self.moe(self.ln_moe(x).reshape(b * s, h), token_ids, domain_ids)
-        return x + y.reshape(b, s, h), aux, loc, load, dropped, local
+        y, *stats = self.moe(self.ln_moe(x).reshape(b * s, h), token_ids, domain_ids)
+        return (x + y.reshape(b, s, h), *stats)

@@ -12,15 +12,17 @@ from mindspore.common.initializer import Normal, initializer
 from locmoe_ms.config import Config
 from locmoe_ms.model.blocks import DenseBlock, SparseBlock
 from locmoe_ms.model.loss import CrossEntropy
+from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology
 
 
 class PanGuSigmaLM(nn.Cell):
     """construct(input_ids [B, S] int32, domain_ids [B] int32) ->
-    (logits [B*S, V], aux_loss, locality_loss, tokens_per_expert [L, E], dropped_share [L], local_share [L])
-    with L the number of sparse blocks. `batch_size` fixes the MoE capacity (tokens per step)."""
+    (logits [B*S, V], aux_loss, locality_loss, tokens_per_expert [L, E], dropped_share [L], local_share [L],
+    bytes_sent [L, 3]) with L the number of sparse blocks. `batch_size` is the sequences this process computes
+    per step; it fixes the MoE capacity."""
 
-    def __init__(self, cfg: Config, topology: Topology, batch_size: int):
+    def __init__(self, cfg: Config, placement: Placement, batch_size: int):
         super().__init__()
         m = cfg.model
         tokens = batch_size * m.seq_length
@@ -33,7 +35,7 @@ class PanGuSigmaLM(nn.Cell):
         self.top_query_embedding = Parameter(initializer(Normal(m.init_std), (m.seq_length, m.hidden_size)),
                                              name="top_query_embedding")
         self.sparse_flags = tuple(i in m.sparse_layers for i in range(m.num_layers))
-        self.blocks = nn.CellList([SparseBlock(cfg, topology, tokens) if sparse else DenseBlock(cfg)
+        self.blocks = nn.CellList([SparseBlock(cfg, placement, tokens) if sparse else DenseBlock(cfg)
                                    for sparse in self.sparse_flags])
         self.final_norm = nn.LayerNorm((m.hidden_size,), epsilon=m.layernorm_eps)
         self.query_layer = DenseBlock(cfg)
@@ -46,42 +48,54 @@ class PanGuSigmaLM(nn.Cell):
         token_domains = ops.broadcast_to(domain_ids.reshape(b, 1), (b, s)).reshape(-1)
         aux = ops.zeros((), ms.float32)
         loc = ops.zeros((), ms.float32)
-        loads, dropped, local = (), (), ()
+        loads, dropped, local, traffic = (), (), (), ()
         for i in range(len(self.sparse_flags)):
             if self.sparse_flags[i]:
-                x, layer_aux, layer_loc, layer_load, layer_dropped, layer_local = self.blocks[i](x, token_ids,
-                                                                                               token_domains)
+                x, layer_aux, layer_loc, layer_load, layer_dropped, layer_local, layer_bytes = \
+                    self.blocks[i](x, token_ids, token_domains)
                 aux = aux + layer_aux
                 loc = loc + layer_loc
                 loads += (layer_load,)
                 dropped += (layer_dropped,)
                 local += (layer_local,)
+                traffic += (layer_bytes,)
             else:
                 x = self.blocks[i](x)
         x = self.final_norm(self.query_layer(x, self.top_query_embedding[:s]))
         logits = ops.matmul(x.reshape(b * s, self.hidden), self.word_embedding.T)
         if self.num_sparse == 0:
             return logits, aux, loc, ops.zeros((0, self.experts), ms.float32), ops.zeros((0,), ms.float32), \
-                ops.zeros((0,), ms.float32)
-        return logits, aux, loc, ops.stack(loads), ops.stack(dropped), ops.stack(local)
+                ops.zeros((0,), ms.float32), ops.zeros((0, 3), ms.float32)
+        return logits, aux, loc, ops.stack(loads), ops.stack(dropped), ops.stack(local), ops.stack(traffic)
 
 
 class LanguageModelLoss(nn.Cell):
-    """construct(tokens [B, S+1], domain_ids [B]) ->
-    (loss = lm + aux + locality, lm_loss, aux_loss, locality_loss, tokens_per_expert, dropped_share, local_share)."""
+    """construct(tokens [B, S+1], domain_ids [B]) -> (loss = lm + aux + locality, lm_loss, aux_loss, locality_loss,
+    tokens_per_expert, dropped_share, local_share, bytes_sent).
 
-    def __init__(self, network: PanGuSigmaLM):
+    Every value is that of the global batch: under msrun each rank holds its rows and the LM and locality losses
+    are averaged over the ranks holding distinct tokens, so all ranks return the same loss (its gradient summed
+    over ranks is world_size times the true one; the train step divides)."""
+
+    def __init__(self, network: PanGuSigmaLM, placement: Placement):
         super().__init__()
         self.network = network
         self.cross_entropy = CrossEntropy()
+        self.group_mean = placement.group_mean()
 
     def construct(self, tokens: Tensor, domain_ids: Tensor):
-        logits, aux, loc, load, dropped, local = self.network(tokens[:, :-1], domain_ids)
-        lm = self.cross_entropy(logits, tokens[:, 1:].reshape(-1))
-        return lm + aux + loc, lm, aux, loc, load, dropped, local
+        logits, aux, loc, load, dropped, local, traffic = self.network(tokens[:, :-1], domain_ids)
+        lm = self.group_mean(self.cross_entropy(logits, tokens[:, 1:].reshape(-1)))
+        loc = self.group_mean(loc)
+        return lm + aux + loc, lm, aux, loc, load, dropped, local, traffic
 
 
-def build_model(cfg: Config, batch_size: int | None = None) -> LanguageModelLoss:
-    """The loss network for a config; the virtual topology comes from parallel_config."""
-    topology = Topology.from_config(cfg)
-    return LanguageModelLoss(PanGuSigmaLM(cfg, topology, batch_size or cfg.train.batch_size))
+def build_model(cfg: Config, batch_size: int | None = None, placement: Placement | None = None) -> LanguageModelLoss:
+    """The loss network for a config: one process emulating parallel_config's cluster, or one rank of it.
+
+    `batch_size` is the global batch (default train.batch_size); a rank computes its share of it.
+    """
+    placement = placement or Placement(Topology.from_config(cfg))
+    batch = batch_size or cfg.train.batch_size
+    local_batch = round(batch * placement.batch_share)
+    return LanguageModelLoss(PanGuSigmaLM(cfg, placement, local_batch), placement)

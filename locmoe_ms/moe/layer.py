@@ -1,8 +1,7 @@
-"""The MoE layer: router -> dispatcher -> experts -> combine (DESIGN.md section 2)."""
+"""The MoE layer: router -> dispatcher -> exchange -> experts -> combine (DESIGN.md section 2)."""
 from __future__ import annotations
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from locmoe_ms.config import Config
@@ -10,33 +9,39 @@ from locmoe_ms.moe.capacity import expert_capacity
 from locmoe_ms.moe.dispatch import Dispatcher
 from locmoe_ms.moe.experts import Experts
 from locmoe_ms.moe.routers import build_router
-from locmoe_ms.parallel.topology import Topology
+from locmoe_ms.parallel.exchange import build_exchange
+from locmoe_ms.parallel.placement import Placement
 
 
 class MoELayer(nn.Cell):
     """construct(x [T, h], token_ids [T], domain_ids [T]) ->
-    (y [T, h], aux_loss, locality_loss, tokens_per_expert [E], dropped_share, local_share).
+    (y [T, h], aux_loss, locality_loss, tokens_per_expert [E], dropped_share, local_share, bytes_sent [3]).
 
-    `tokens` is T, the tokens of one step (global batch); capacity is fixed from it at build time.
+    `tokens` is T, the tokens this process routes per step (the global batch in one process, a rank's share
+    under msrun); capacity is fixed from it at build time. The statistics are those of the global batch; the
+    locality loss is the mean over this process's token groups (the loss network averages it over ranks).
     """
 
-    def __init__(self, cfg: Config, topology: Topology, tokens: int):
+    def __init__(self, cfg: Config, placement: Placement, tokens: int):
         super().__init__()
         moe, par = cfg.moe_config, cfg.parallel_config
-        groups = topology.token_groups
-        if tokens % groups:
-            raise ValueError(f"{tokens} tokens do not split over {groups} token groups")
-        capacity = expert_capacity(tokens // groups * par.expert_parallel, moe.capacity_factor,
-                                   par.expert_parallel, moe.expert_num, moe.min_capacity)
-        self.experts_num = moe.expert_num
-        self.router = build_router(cfg, topology)
-        self.dispatcher = Dispatcher(moe.expert_num, groups, capacity)
-        self.experts = Experts(moe.expert_num, cfg.model.hidden_size, cfg.model.ffn_hidden_size,
+        groups = placement.token_groups
+        if tokens % len(groups):
+            raise ValueError(f"{tokens} tokens do not split over {len(groups)} token groups")
+        per_group = tokens // len(groups)
+        capacity = expert_capacity(per_group * par.expert_parallel, moe.capacity_factor, par.expert_parallel,
+                                   moe.expert_num, moe.min_capacity)
+        self.router = build_router(cfg, placement, tokens)
+        self.dispatcher = Dispatcher(moe.expert_num, len(groups), capacity)
+        self.experts = Experts(len(placement.experts), cfg.model.hidden_size, cfg.model.ffn_hidden_size,
                                cfg.model.activation, cfg.model.init_std, cfg.model.compute_dtype)
-        local = topology.group_local_mask().astype(np.float32)
+        self.exchange = build_exchange(placement, self.experts, moe.expert_num, capacity, cfg.model.hidden_size,
+                                       par.exchange, par.exchange_chunks, par.count_aware)
+        self.data_sum = placement.data_sum()
+        self.global_tokens = float(round(tokens / placement.batch_share))
+        local = placement.topology.group_local_mask().astype(np.float32)
         self.local_mask = Tensor(local.reshape(-1))
-        self.token_group_offset = Tensor(np.repeat(np.arange(groups, dtype=np.int32) * moe.expert_num,
-                                                   tokens // groups))
+        self.token_group_offset = Tensor(np.repeat(np.array(groups, dtype=np.int32) * moe.expert_num, per_group))
 
     @property
     def capacity(self) -> int:
@@ -45,7 +50,11 @@ class MoELayer(nn.Cell):
     def construct(self, x, token_ids, domain_ids):
         index, score, _, aux, loc = self.router(x, token_ids, domain_ids)
         slot, kept, load = self.dispatcher.assign(index)
-        y = self.dispatcher.combine(self.experts(self.dispatcher.dispatch(x, slot)), slot, score)
-        dropped_share = 1.0 - kept.mean()
-        local_share = ops.gather(self.local_mask, self.token_group_offset + index, 0).mean()
-        return y, aux, loc, load, dropped_share, local_share
+        fill = ops.minimum(load, float(self.dispatcher.capacity))
+        expert_out, bytes_sent = self.exchange(self.dispatcher.dispatch(x, slot), fill)
+        y = self.dispatcher.combine(expert_out, slot, score)
+        load = self.data_sum(load)
+        dropped_share = 1.0 - self.data_sum(kept.sum()) / self.global_tokens
+        local_hits = ops.gather(self.local_mask, self.token_group_offset + index, 0)
+        local_share = self.data_sum(local_hits.sum()) / self.global_tokens
+        return y, aux, loc, load, dropped_share, local_share, bytes_sent

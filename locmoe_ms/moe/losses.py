@@ -1,15 +1,25 @@
 """Router losses: the auxiliary load-balance loss and LocMoE's locality loss."""
 from __future__ import annotations
 
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
 
 
-def auxiliary_loss(probs: Tensor, expert_index: Tensor, factor: float) -> Tensor:
-    """alpha * n * sum_i f_i * P_i over the whole (global) batch; f_i carries no gradient."""
+def auxiliary_loss(probs: Tensor, expert_index: Tensor, factor: float, global_sum: nn.Cell | None = None,
+                   global_tokens: int | None = None) -> Tensor:
+    """alpha * n * sum_i f_i * P_i over the whole (global) batch; f_i carries no gradient.
+
+    With several processes, `global_sum` adds the per-expert sums of all ranks that hold distinct tokens and
+    `global_tokens` is their token count, so every rank gets the loss of the global batch.
+    """
     experts = probs.shape[-1]
-    counts = ops.one_hot(expert_index, experts, Tensor(1.0, probs.dtype), Tensor(0.0, probs.dtype))
-    fraction = ops.stop_gradient(counts.mean(axis=0))
-    return factor * experts * (fraction * probs.mean(axis=0)).sum()
+    counts = ops.one_hot(expert_index, experts, Tensor(1.0, probs.dtype), Tensor(0.0, probs.dtype)).sum(axis=0)
+    prob_sums = probs.sum(axis=0)
+    if global_sum is not None:
+        counts = global_sum(counts)
+        prob_sums = global_sum(prob_sums)
+    total = probs.shape[0] if global_tokens is None else global_tokens
+    fraction = ops.stop_gradient(counts / total)
+    return factor * experts * (fraction * (prob_sums / total)).sum()
 
 
 def locality_loss(probs: Tensor, target: Tensor, has_local: Tensor, factor: float) -> Tensor:

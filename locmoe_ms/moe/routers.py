@@ -17,15 +17,21 @@ import mindspore as ms
 from locmoe_ms.config import ROUTER_GATES, Config
 from locmoe_ms.moe.gates import DenseGate, GrAPGate
 from locmoe_ms.moe.losses import auxiliary_loss, locality_loss
-from locmoe_ms.parallel.topology import Topology
+from locmoe_ms.parallel.placement import Placement
 
 
 class LearnedRouter(nn.Cell):
-    """Top-1 over softmax(gate(x)), with the auxiliary loss and (if locality_factor > 0) the locality loss."""
+    """Top-1 over softmax(gate(x)), with the auxiliary loss and (if locality_factor > 0) the locality loss.
+
+    `locality_target`/`has_local` are the rows of the token groups this process routes; `global_sum` and
+    `global_tokens` make the auxiliary loss that of the global batch when ranks hold parts of it.
+    """
 
     def __init__(self, gate: nn.Cell, experts: int, aux_factor: float, locality_factor: float,
-                 locality_target: np.ndarray, has_local: np.ndarray):
+                 locality_target: np.ndarray, has_local: np.ndarray, global_sum: nn.Cell, global_tokens: int):
         super().__init__()
+        self.global_sum = global_sum
+        self.global_tokens = global_tokens
         self.gate = gate
         self.experts = experts
         self.aux_factor = aux_factor
@@ -38,7 +44,7 @@ class LearnedRouter(nn.Cell):
         probs = ops.softmax(self.gate(x), axis=-1)
         score, index = ops.max(probs, axis=-1)
         index = index.astype(ms.int32)
-        aux = auxiliary_loss(probs, index, self.aux_factor)
+        aux = auxiliary_loss(probs, index, self.aux_factor, self.global_sum, self.global_tokens)
         loc = locality_loss(probs, self.target, self.has_local, self.locality_factor) if self.use_locality \
             else ops.zeros((), ms.float32)
         return index, score, probs, aux, loc
@@ -101,24 +107,31 @@ class RRERouter(FixedRouter):
         return group * self.per_group + ops.gather(self.inner_table, ids, 0)
 
 
-def _learned(cfg: Config, topology: Topology, gate: nn.Cell, locality_factor: float) -> LearnedRouter:
-    target, has_local = topology.locality_target(cfg.moe_config.locality_eps)
+def _learned(cfg: Config, placement: Placement, tokens: int, gate: nn.Cell, locality_factor: float) -> LearnedRouter:
+    target, has_local = placement.topology.locality_target(cfg.moe_config.locality_eps)
+    rows = list(placement.token_groups)
     return LearnedRouter(gate, cfg.moe_config.expert_num, cfg.moe_config.aux_loss_factor, locality_factor,
-                         target, has_local)
+                         target[rows], has_local[rows], placement.data_sum(),
+                         round(tokens / placement.batch_share) if placement.distributed else None)
 
 
-ROUTERS: dict[str, Callable[[Config, Topology], nn.Cell]] = {
-    "locmoe": lambda cfg, topo: _learned(cfg, topo, GrAPGate(cfg.model.hidden_size, cfg.moe_config.expert_num),
-                                         cfg.moe_config.locality_loss_factor),
-    "switch": lambda cfg, topo: _learned(cfg, topo, DenseGate(cfg.model.hidden_size, cfg.moe_config.expert_num,
-                                                              cfg.model.init_std), 0.0),
-    "hash": lambda cfg, topo: HashRouter(cfg.model.vocab_size, cfg.moe_config.expert_num, cfg.moe_config.hash_seed),
-    "rre": lambda cfg, topo: RRERouter(cfg.model.vocab_size, cfg.moe_config.expert_num, cfg.moe_config.rre_groups,
-                                       cfg.moe_config.rre_group_by == "domain", cfg.moe_config.hash_seed),
+# name -> builder(cfg, placement, tokens routed by this process)
+ROUTERS: dict[str, Callable[[Config, Placement, int], nn.Cell]] = {
+    "locmoe": lambda cfg, pl, tokens: _learned(cfg, pl, tokens, GrAPGate(cfg.model.hidden_size,
+                                                                         cfg.moe_config.expert_num),
+                                               cfg.moe_config.locality_loss_factor),
+    "switch": lambda cfg, pl, tokens: _learned(cfg, pl, tokens, DenseGate(cfg.model.hidden_size,
+                                                                          cfg.moe_config.expert_num,
+                                                                          cfg.model.init_std), 0.0),
+    "hash": lambda cfg, pl, tokens: HashRouter(cfg.model.vocab_size, cfg.moe_config.expert_num,
+                                               cfg.moe_config.hash_seed),
+    "rre": lambda cfg, pl, tokens: RRERouter(cfg.model.vocab_size, cfg.moe_config.expert_num,
+                                             cfg.moe_config.rre_groups, cfg.moe_config.rre_group_by == "domain",
+                                             cfg.moe_config.hash_seed),
 }
 assert set(ROUTERS) == set(ROUTER_GATES), "router registry and config.ROUTER_GATES must name the same routers"
 
 
-def build_router(cfg: Config, topology: Topology) -> nn.Cell:
-    """The router named by cfg.moe_config.router."""
-    return ROUTERS[cfg.moe_config.router](cfg, topology)
+def build_router(cfg: Config, placement: Placement, tokens: int) -> nn.Cell:
+    """The router named by cfg.moe_config.router, for the `tokens` this process routes per step."""
+    return ROUTERS[cfg.moe_config.router](cfg, placement, tokens)

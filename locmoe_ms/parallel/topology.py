@@ -50,6 +50,34 @@ class Topology:
     def node_of_rank(self, rank: int) -> int:
         return rank // self.devices_per_node
 
+    # ---- the groups of one rank, as tuples of world ranks (ranks are numbered node by node) ----
+    def tensor_group(self, rank: int) -> tuple[int, ...]:
+        """Ranks that share rank's tokens (tensor/model parallel), consecutive inside one node."""
+        start = rank - rank % self.model_parallel
+        return tuple(range(start, start + self.model_parallel))
+
+    def data_group(self, rank: int) -> tuple[int, ...]:
+        """One rank per token group, with rank's tensor-parallel index: sums over it count every token once."""
+        return tuple(g * self.model_parallel + rank % self.model_parallel for g in range(self.token_groups))
+
+    def expert_group(self, rank: int) -> tuple[int, ...]:
+        """The expert_parallel ranks rank exchanges tokens with (same tensor-parallel index), in expert-block order."""
+        mp, ep = self.model_parallel, self.expert_parallel
+        first = (rank // mp) // ep * ep
+        return tuple((first + k) * mp + rank % mp for k in range(ep))
+
+    def expert_replica_group(self, rank: int) -> tuple[int, ...]:
+        """Every rank holding the same expert block as rank (data-parallel and tensor-parallel copies)."""
+        block = self.expert_block(rank)
+        return tuple(r for r in range(self.world) if self.expert_block(r) == block)
+
+    def expert_block(self, rank: int) -> int:
+        """Expert-parallel rank: which block of expert_num / expert_parallel experts rank holds."""
+        return (rank // self.model_parallel) % self.expert_parallel
+
+    def token_group_of_rank(self, rank: int) -> int:
+        return rank // self.model_parallel
+
     def node_of_group(self, group: int) -> int:
         return self.node_of_rank(group * self.model_parallel)
 
@@ -57,7 +85,7 @@ class Topology:
         if self.placement is not None:
             return [e for e, devs in enumerate(self.placement) if rank in devs]
         per = self.expert_num // self.expert_parallel
-        block = (rank // self.model_parallel) % self.expert_parallel
+        block = self.expert_block(rank)
         return list(range(block * per, (block + 1) * per))
 
     def node_expert_mask(self) -> np.ndarray:

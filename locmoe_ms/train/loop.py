@@ -56,7 +56,7 @@ def unigram_perplexity(train, valid, vocab: int) -> float:
 
 
 def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
-    loss, lm, aux, loc, load, dropped, local = (o.asnumpy() for o in outs)
+    loss, lm, aux, loc, load, dropped, local, traffic = (o.asnumpy() for o in outs)
     return {
         "step": step, "loss": float(loss), "lm_loss": float(lm), "aux_loss": float(aux), "locality_loss": float(loc),
         "lr": lr, "tokens_per_s": tokens_per_s,
