@@ -1,0 +1,155 @@
+"""MindSpore auto-parallel on Ascend: the parallel context and the shard strategies of parallel/strategies.py.
+
+NOT RUN ON ASCEND: this path has never executed on Ascend hardware. What is tested (on CPU) is the strategy table,
+its consistency checks and the mapping from model cells to strategies (`shard_plan`). MindSpore 2.10 has no
+semi_auto_parallel on CPU; there the same model runs with the explicit exchange (parallel/exchange.py) under msrun.
+
+How it applies. The model's cells call functional ops (ops.matmul, ops.bmm, ops.scatter_nd, ...) and own no
+Primitive instances, so per-op `Primitive.shard` has nothing to attach to. `apply_shard_strategies` therefore
+- calls `Cell.shard(in_strategy, parameter_plan=...)` on the cells listed in CELL_OPS (Linear, LayerNorm, gate,
+  Experts): their input layout and their parameters' layouts, as MindSpore `Layout`s of the ("edp", "ep", "mp")
+  mesh so the rank order is Topology's; MindSpore's sharding propagation derives the ops in between, which is why
+  `set_parallel_context` defaults to parallel_mode "auto_parallel" with search_mode "sharding_propagation";
+- calls `Primitive.shard` on any primitive a cell holds under a name in PRIMITIVE_OPS (none today: the names a
+  cell should use if it wants an op pinned, e.g. Attention.scores_matmul).
+Under auto-parallel MindSpore partitions the *global* graph: build the network with the one-process placement
+(every token group and expert, LocalExchange); the explicit exchange and auto-parallel are alternatives.
+Known gaps (see strategies.py): the Dispatcher's global ScatterNd/Gather have no sharded MindSpore implementation,
+and the fused key_value projection costs an All-Gather over mp in front of its Split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from locmoe_ms.errors import UserInputError
+from locmoe_ms.parallel.strategies import (OPS, ParallelSizes, TensorLayout, layout_of, parameter_layout,
+                                           validate, MESH_AXES)
+
+# Cell path suffix -> the op whose input 0 is the cell's input; first match wins.
+CELL_OPS: tuple[tuple[str, str], ...] = (
+    ("query_layer.attention.query", "query_layer.query"),
+    (".attention.query", "attention.query"),
+    (".attention.key_value", "attention.key_value"),
+    (".attention.out", "attention.out"),
+    (".ffn.w_in", "ffn.w_in"),
+    (".ffn.w_out", "ffn.w_out"),
+    (".moe.experts", "experts.w_in"),
+    (".router.gate", "gate"),
+    (".ln_attention", "attention.layernorm"),
+    (".ln_ffn", "ffn.layernorm"),
+    (".ln_moe", "moe.layernorm"),
+    ("final_norm", "head.layernorm"),
+)
+
+# (cell class name, attribute) -> op: primitives a cell may own to have that op pinned by Primitive.shard.
+PRIMITIVE_OPS: dict[tuple[str, str], str] = {
+    ("Attention", "kv_split"): "attention.kv_split",
+    ("Attention", "scores_matmul"): "attention.scores",
+    ("Attention", "softmax"): "attention.softmax",
+    ("Attention", "context_matmul"): "attention.context",
+    ("LearnedRouter", "softmax"): "router.softmax",
+    ("Dispatcher", "scatter"): "dispatch",
+    ("Dispatcher", "gather"): "combine",
+    ("Experts", "bmm_in"): "experts.w_in",
+    ("Experts", "bmm_out"): "experts.w_out",
+    ("PanGuSigmaLM", "logits_matmul"): "head.logits",
+}
+
+
+@dataclass
+class CellPlan:
+    path: str
+    op: str
+    inputs: tuple[TensorLayout, ...]
+    parameters: dict[str, TensorLayout]
+
+
+@dataclass
+class ShardPlan:
+    cells: list[CellPlan] = field(default_factory=list)
+    primitives: list[tuple[str, str]] = field(default_factory=list)  # (cell path.attribute, op)
+    other_parameters: dict[str, TensorLayout | None] = field(default_factory=dict)  # left to propagation
+
+
+def _cell_op(path: str) -> str | None:
+    for suffix, op in CELL_OPS:
+        if path.endswith(suffix):
+            return op
+    return None
+
+
+def shard_plan(network: Any) -> ShardPlan:
+    """Which cells, parameters and primitives of `network` get which layouts. Pure: touches no context."""
+    from mindspore.ops import Primitive
+
+    plan, planned = ShardPlan(), set()
+    for path, cell in network.cells_and_names():
+        op = _cell_op(path)
+        if op is not None:
+            params = {p.name: parameter_layout(p.name) for p in cell.get_parameters()}
+            plan.cells.append(CellPlan(path, op, (OPS[op].inputs[0],), params))
+            planned.update(params)
+        for (cls, attr), prim_op in PRIMITIVE_OPS.items():
+            if type(cell).__name__ == cls and isinstance(getattr(cell, attr, None), Primitive):
+                plan.primitives.append((f"{path}.{attr}", prim_op))
+    for p in network.trainable_params():
+        if p.name not in planned:
+            plan.other_parameters[p.name] = parameter_layout(p.name)
+    return plan
+
+
+def set_parallel_context(cfg, parallel_mode: str = "auto_parallel") -> ParallelSizes:
+    """Initialise HCCL and MindSpore's auto-parallel context for cfg's parallel_config (Ascend only).
+
+    "auto_parallel" uses sharding propagation from the layouts apply_shard_strategies sets; "semi_auto_parallel"
+    needs a strategy on every op, which only cells owning their primitives can give."""
+    par = cfg.parallel_config
+    if par.communicator != "hccl":
+        raise UserInputError(f"parallel_config.communicator = {par.communicator!r}: auto-parallel needs 'hccl' "
+                             f"(Ascend); with 'local' or 'cpu' the explicit exchange is used")
+    if parallel_mode not in ("auto_parallel", "semi_auto_parallel"):
+        raise UserInputError(f"parallel_mode = {parallel_mode!r}: must be auto_parallel or semi_auto_parallel")
+    sizes = ParallelSizes.from_config(cfg)
+    validate(sizes, cfg.virtual_devices, cfg)
+    import mindspore as ms
+    from mindspore.communication import get_group_size, init
+
+    _require_ascend(ms)
+    init()
+    world = get_group_size()
+    if world != sizes.devices:
+        raise UserInputError(f"parallel_config.nodes = {par.nodes}: nodes * devices_per_node ({cfg.virtual_devices}) "
+                             f"must equal the launched ranks ({world})")
+    extra = {"search_mode": "sharding_propagation"} if parallel_mode == "auto_parallel" else {}
+    ms.set_auto_parallel_context(parallel_mode=parallel_mode, device_num=world, gradients_mean=True,
+                                 enable_alltoall=True, dataset_strategy=((sizes.dp, 1), (sizes.dp,)), **extra)
+    return sizes
+
+
+def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
+    """Attach the strategies of `shard_plan(network)` (Cell.shard with parameter plans; Primitive.shard where a
+    cell owns a listed primitive). Call after set_parallel_context, before compiling."""
+    import mindspore as ms
+    from mindspore.parallel import Layout
+
+    _require_ascend(ms)
+    sizes = ParallelSizes.from_config(cfg)
+    mesh = Layout(tuple(sizes.axis(a) for a in MESH_AXES), MESH_AXES)
+    plan = shard_plan(network)
+    cells = dict(network.cells_and_names())
+    for entry in plan.cells:
+        params = {name: layout_of(mesh, t) for name, t in entry.parameters.items() if t is not None}
+        cells[entry.path].shard(in_strategy=tuple(layout_of(mesh, t) for t in entry.inputs),
+                                parameter_plan=params or None)
+    for where, op in plan.primitives:
+        path, _, attr = where.rpartition(".")
+        getattr(cells[path], attr).shard(tuple(layout_of(mesh, t) for t in OPS[op].inputs))
+    return plan
+
+
+def _require_ascend(ms: Any) -> None:
+    target = ms.get_context("device_target")
+    if target != "Ascend":
+        raise UserInputError(f"device_target = {target!r}: shard strategies apply on Ascend only; on CPU the "
+                             f"explicit exchange (parallel_config.communicator local or cpu) is used")
