@@ -52,3 +52,14 @@ def parameter_split(name: str) -> ParamSplit:
 
 def is_expert_parameter(name: str) -> bool:
     return parameter_split(name).expert_axis is not None
+
+
+def expert_shard(name: str, value, block: int, blocks: int):
+    """The part of a full parameter (or optimizer moment) that expert-parallel rank `block` of `blocks` holds."""
+    axis = parameter_split(name).expert_axis
+    if axis is None:
+        return value
+    per = value.shape[axis] // blocks
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(block * per, (block + 1) * per)
+    return value[tuple(index)]

@@ -45,6 +45,20 @@ class Placement:
         """Fraction of the global batch this process holds."""
         return len(self.token_groups) / self.topology.token_groups
 
+    def batch_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch that this process computes."""
+        groups = self.topology.token_groups
+        first, last = self.token_groups[0], self.token_groups[-1] + 1
+        return slice(first * batch_size // groups, last * batch_size // groups)
+
+    @property
+    def label(self) -> str:
+        if not self.distributed:
+            return f"one process emulating {self.topology.world} devices"
+        experts = self.experts
+        return (f"rank {self.rank} of {self.comm.world} ({self.comm.name}): token group {self.token_groups[0]}, "
+                f"experts {experts[0]}-{experts[-1]}, node {self.topology.node_of_rank(self.rank)}")
+
     def data_sum(self) -> nn.Cell:
         """Sum over the ranks that hold distinct tokens (identity in one process)."""
         return self.comm.all_reduce(self.topology.data_group(self.rank) if self.distributed else (0,))

@@ -16,6 +16,11 @@ from locmoe_ms.data.dataset import BatchStream, eval_batches, load_splits
 from locmoe_ms.data.tokenizer import build_tokenizer
 from locmoe_ms.errors import UserInputError
 from locmoe_ms.model.network import build_model
+from locmoe_ms.parallel.communicator import build_communicator
+from locmoe_ms.parallel.layout import expert_shard
+from locmoe_ms.parallel.placement import Placement
+from locmoe_ms.parallel.topology import Topology
+from locmoe_ms.parallel.exchange import TRAFFIC_KINDS
 from locmoe_ms.train import checkpoint
 from locmoe_ms.train.optim import build_optimizer, learning_rates
 from locmoe_ms.train.step import TrainStep
@@ -39,9 +44,11 @@ def prepare_data(cfg: Config):
     return load_splits(cfg.data, cfg.model.seq_length, tokenizer)
 
 
-def evaluate(loss_net, split, cfg: Config) -> float:
-    """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses)."""
-    losses = [float(loss_net(Tensor(t), Tensor(d))[1]) for t, d in
+def evaluate(loss_net, split, cfg: Config, rows: slice = slice(None)) -> float:
+    """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses).
+
+    Under msrun each rank passes its `rows` of every batch; the loss network averages over ranks."""
+    losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for t, d in
               eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches)]
     if not losses:
         raise UserInputError(f"train.batch_size = {cfg.train.batch_size}: the evaluation split has fewer sequences")
@@ -61,24 +68,53 @@ def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
         "step": step, "loss": float(loss), "lm_loss": float(lm), "aux_loss": float(aux), "locality_loss": float(loc),
         "lr": lr, "tokens_per_s": tokens_per_s,
         "moe_layers": [{"tokens_per_expert": load[i].astype(int).tolist(), "dropped_share": float(dropped[i]),
-                        "local_share": float(local[i])} for i in range(load.shape[0])],
+                        "local_share": float(local[i]),
+                        "bytes_sent": dict(zip(TRAFFIC_KINDS, traffic[i].astype(int).tolist()))}
+                       for i in range(load.shape[0])],
     }
+
+
+def build_placement(cfg: Config) -> Placement:
+    """One process emulating the config's cluster, or (communicator cpu/hccl) this rank of a real job.
+
+    Collectives are initialised first: msrun also runs this script in its scheduler process, which must stop in
+    init() before it touches data or files."""
+    comm = build_communicator(cfg.parallel_config.communicator, cfg.virtual_devices)
+    return Placement(Topology.from_config(cfg), comm)
+
+
+def build_rank_model(cfg: Config, placement: Placement):
+    """The loss network of this process; a rank starts from its share of the one-process model's initial weights,
+    so a distributed run starts exactly where the one-process run starts."""
+    if not placement.distributed:
+        return build_model(cfg)
+    full = {p.name: p.asnumpy() for p in build_model(cfg).trainable_params()}  # first: the same random draws
+    loss_net = build_model(cfg, placement=placement)
+    block, blocks = placement.topology.expert_block(placement.rank), placement.topology.expert_parallel
+    for param in loss_net.trainable_params():
+        param.set_data(Tensor(expert_shard(param.name, full[param.name], block, blocks)))
+    return loss_net
 
 
 def train(cfg: Config, output_dir: Path, resume: bool = False) -> dict:
     """Run training to cfg.train.max_steps; returns the final summary (also printed and logged)."""
     set_context(cfg)
+    placement = build_placement(cfg)
+    print(placement.label, flush=True)
     output_dir = Path(output_dir)
+    if placement.distributed:
+        output_dir = output_dir / f"rank_{placement.rank}"
     ckpt_dir = output_dir / "checkpoints"
     existing = checkpoint.list_checkpoints(ckpt_dir)
     if not resume and existing:
         raise UserInputError(f"--output-dir {output_dir}: holds checkpoints already; pass --resume to continue or "
                              f"choose another directory")
     splits = prepare_data(cfg)
-    loss_net = build_model(cfg)
+    loss_net = build_rank_model(cfg, placement)
     optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
-    step_cell = TrainStep(loss_net, optimizer, cfg.train.grad_clip)
+    step_cell = TrainStep(loss_net, optimizer, cfg.train.grad_clip, placement)
     stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed)
+    rows = placement.batch_rows(cfg.train.batch_size)
     start = 0
     if resume and existing:
         params, meta = checkpoint.load(existing[-1])
@@ -101,7 +137,7 @@ def train(cfg: Config, output_dir: Path, resume: bool = False) -> dict:
     for step in range(start + 1, cfg.train.max_steps + 1):
         tokens, domains = stream.next()
         began = time.perf_counter()
-        outs = step_cell(Tensor(tokens), Tensor(domains))
+        outs = step_cell(Tensor(tokens[rows]), Tensor(domains[rows]))
         loss = float(outs[0].asnumpy())
         elapsed = time.perf_counter() - began
         if not math.isfinite(loss):
@@ -109,17 +145,20 @@ def train(cfg: Config, output_dir: Path, resume: bool = False) -> dict:
         record = _step_record(step, outs, float(lrs[step - 1]), tokens_per_step / elapsed)
         extra = ""
         if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
-            valid_ppl = evaluate(loss_net, splits["valid"], cfg)
+            valid_ppl = evaluate(loss_net, splits["valid"], cfg, rows)
             record["valid_ppl"] = valid_ppl
             extra = f" | valid ppl {valid_ppl:.1f}"
         log.write(record)
         progress.show(step, loss, record["tokens_per_s"], extra)
         if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
             state = stream.state()
-            checkpoint.save(step_cell, ckpt_dir, step, {
-                "data_epoch": state["epoch"], "data_index": state["index"],
-                "config_json": json.dumps(cfg.to_dict()), "valid_ppl": record.get("valid_ppl")},
-                cfg.train.keep_checkpoints)
+            meta = {"data_epoch": state["epoch"], "data_index": state["index"],
+                    "config_json": json.dumps(cfg.to_dict()), "valid_ppl": record.get("valid_ppl")}
+            if placement.distributed:
+                topo = placement.topology
+                meta.update(rank=placement.rank, world_size=topo.world, expert_parallel_rank=topo.expert_block(
+                    placement.rank), model_parallel_rank=placement.rank % topo.model_parallel)
+            checkpoint.save(step_cell, ckpt_dir, step, meta, cfg.train.keep_checkpoints)
     summary = {"steps": cfg.train.max_steps, "router": cfg.moe_config.router, "valid_ppl": valid_ppl,
                "unigram_valid_ppl": unigram}
     print(f"done: validation perplexity {valid_ppl if valid_ppl is None else round(valid_ppl, 2)} | unigram "

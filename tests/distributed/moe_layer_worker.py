@@ -1,8 +1,8 @@
 """One msrun worker: the expert-parallel MoE layer against the single-process layer on the same global batch.
 
-Usage (under msrun): moe_layer_worker.py OUT_DIR MODEL_PARALLEL EXPERT_PARALLEL [DIE_RANK]
-For each router of ROUTERS and each exchange of EXCHANGES, writes OUT_DIR/rank{r}.json with the largest
-differences (output, loss, gradients) and the byte counters. With DIE_RANK, that rank exits with code 3 before
+Usage (under msrun): moe_layer_worker.py OUT_DIR MODEL_PARALLEL EXPERT_PARALLEL CASES [DIE_RANK]
+CASES is a comma-separated list of ROUTER/EXCHANGE (EXCHANGE a key of EXCHANGES). Writes OUT_DIR/rank{r}.json
+with, per case, the largest differences (output, loss, gradients) and the byte counters. With DIE_RANK, that rank exits with code 3 before
 the first collective (the launcher must then fail, not hang).
 """
 import json
@@ -20,17 +20,15 @@ from mindspore import Tensor, nn, ops  # noqa: E402
 from locmoe_ms.config import config_from_dict  # noqa: E402
 from locmoe_ms.moe.layer import MoELayer  # noqa: E402
 from locmoe_ms.parallel.communicator import build_communicator  # noqa: E402
-from locmoe_ms.parallel.layout import is_expert_parameter  # noqa: E402
+from locmoe_ms.parallel.layout import expert_shard  # noqa: E402
 from locmoe_ms.parallel.placement import Placement  # noqa: E402
 from locmoe_ms.parallel.topology import Topology  # noqa: E402
 from locmoe_ms.train.step import GradientReducer  # noqa: E402
 
 TOKENS, HIDDEN, EXPERTS, VOCAB = 128, 16, 4, 64
-ROUTERS = ("locmoe", "hash")
-# (name, exchange, chunks, count_aware)
-EXCHANGES = (("plain", "plain", 1, False), ("groupwise", "groupwise", 1, False),
-             ("overlapped", "groupwise", 3, False), ("count_aware", "plain", 1, True),
-             ("groupwise_count_aware", "groupwise", 2, True))
+# name -> (exchange, chunks, count_aware)
+EXCHANGES = {"plain": ("plain", 1, False), "groupwise": ("groupwise", 1, False),
+             "overlapped": ("groupwise", 3, False), "count_aware": ("groupwise", 2, True)}
 
 
 class Objective(nn.Cell):
@@ -85,14 +83,12 @@ def compare(cfg, comm, rng) -> dict:
 
     placement = Placement(topology, comm)
     rank = comm.rank
-    group = topology.token_group_of_rank(rank)
-    rows = slice(group * TOKENS // topology.token_groups, (group + 1) * TOKENS // topology.token_groups)
+    rows = placement.batch_rows(TOKENS)
     mine = Objective(MoELayer(cfg, placement, rows.stop - rows.start), placement)
     block = topology.expert_block(rank)
-    per = EXPERTS // topology.expert_parallel
 
     def own(name: str, value: np.ndarray) -> np.ndarray:
-        return value[block * per:(block + 1) * per] if is_expert_parameter(name) else value
+        return expert_shard(name, value, block, topology.expert_parallel)
 
     for p in mine.trainable_params():
         p.set_data(Tensor(own(p.name, full_params[p.name])))
@@ -114,18 +110,18 @@ def compare(cfg, comm, rng) -> dict:
 
 
 def main() -> None:
-    out_dir, mp, ep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    die_rank = int(sys.argv[4]) if len(sys.argv) > 4 else -1
+    out_dir, mp, ep, cases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
+    die_rank = int(sys.argv[5]) if len(sys.argv) > 5 else -1
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     comm = build_communicator("cpu", 4)
     if comm.rank == die_rank:
         os._exit(3)
     results = {}
-    for router in ROUTERS:
-        for name, exchange, chunks, count_aware in EXCHANGES:
-            cfg = config(router, mp, ep, exchange, chunks, count_aware)
-            results[f"{router}/{name}"] = compare(cfg, comm, np.random.default_rng(0))
+    for case in cases:
+        router, name = case.split("/")
+        cfg = config(router, mp, ep, *EXCHANGES[name])
+        results[case] = compare(cfg, comm, np.random.default_rng(0))
     Path(out_dir, f"rank{comm.rank}.json").write_text(json.dumps({"rank": comm.rank, "results": results}))
 
 
