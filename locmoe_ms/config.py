@@ -109,6 +109,8 @@ class DataConfig:
     valid_fraction: float = rule(0.05, gt=0.0, lt=0.5)
     test_fraction: float = rule(0.05, gt=0.0, lt=0.5)
     max_documents: int = rule(0, ge=0, help="0 = all")
+    vocab_limit: int = rule(0, ge=0, help="0 = the tokenizer's vocabulary; N > 257: bytes, end of document and the "
+                                          "N - 257 most frequent tokens of the training split (byte fallback)")
 
 
 @dataclass
@@ -250,6 +252,9 @@ def _check_relations(cfg: Config) -> None:
     if tr.min_learning_rate > tr.learning_rate:
         raise ConfigError(f"train.min_learning_rate = {tr.min_learning_rate}: must be <= train.learning_rate "
                           f"({tr.learning_rate})")
+    if cfg.data.vocab_limit and not 257 < cfg.data.vocab_limit <= m.vocab_size:
+        raise ConfigError(f"data.vocab_limit = {cfg.data.vocab_limit}: must be 0 or in 258..model.vocab_size "
+                          f"({m.vocab_size})")
     if cfg.data.corpus == "files" and not cfg.data.paths:
         raise ConfigError("data.paths = []: corpus 'files' needs at least one .txt or .jsonl path")
     if cfg.data.corpus == "mindrecord" and len(cfg.data.paths) != 1:

@@ -12,6 +12,7 @@ from locmoe_ms.config import load_config
 from locmoe_ms.data.corpus import documents, split_of
 from locmoe_ms.data.dataset import BatchStream, pack
 from locmoe_ms.data.tokenizer import build_tokenizer
+from locmoe_ms.data.vocabulary import TrimmedVocabulary, byte_share
 from locmoe_ms.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,25 @@ def test_gpt2_tokenizer_round_trips():
     tok = build_tokenizer("gpt2")
     assert tok.vocab_size == 50257 and tok.encode("Hello world") == [15496, 995]
     assert tok.decode(tok.encode("LocMoE on MindSpore.")) == "LocMoE on MindSpore."
+
+
+def test_trimmed_vocabulary_keeps_frequent_tokens_and_spells_the_rest_as_bytes():
+    gpt2 = build_tokenizer("gpt2")
+    train = [gpt2.encode(d.text) for d in list(documents("wiki_en"))[:300]]
+    vocabulary = TrimmedVocabulary(gpt2, 1000)
+    vocabulary.fit(train)
+    counts = Counter(i for t in train for i in t)
+    most_common = counts.most_common(1)[0][0]
+    text = "The Zyzzyva quarterback (Ångström) played."
+    ids = vocabulary.remap([gpt2.encode(text)])[0]
+    assert vocabulary.decode(ids) == text                      # lossless, rare pieces spelled as UTF-8 bytes
+    assert max(ids) < 1000 and any(i < 256 for i in ids) and any(i >= 257 for i in ids)
+    assert vocabulary.remap([[most_common]]) == [[257]]       # ranked by training-split frequency
+    remapped = vocabulary.remap(train)
+    assert max(max(t) for t in remapped) == 999
+    larger = TrimmedVocabulary(gpt2, 4000)
+    larger.fit(train)
+    assert 0.0 < byte_share(larger.remap(train)) < byte_share(remapped) < 1.0  # more tokens kept, fewer bytes
 
 
 def test_pack_makes_every_token_a_label_once():

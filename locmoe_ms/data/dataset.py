@@ -7,6 +7,7 @@ import numpy as np
 
 from locmoe_ms.config import DataConfig
 from locmoe_ms.data.corpus import documents, split_of
+from locmoe_ms.data.vocabulary import TrimmedVocabulary
 from locmoe_ms.errors import UserInputError
 
 SPLITS = ("train", "valid", "test")
@@ -48,9 +49,15 @@ def load_splits(data: DataConfig, seq_length: int, tokenizer) -> dict[str, Packe
         texts, domains = grouped[split_of(doc.title, data.valid_fraction, data.test_fraction)]
         texts.append(doc.text)
         domains.append(doc.domain)
+    encoded = {name: tokenizer.encode_batch(texts) for name, (texts, _) in grouped.items()}
+    if data.vocab_limit:
+        vocabulary = TrimmedVocabulary(tokenizer, data.vocab_limit)
+        vocabulary.fit(encoded["train"])
+        encoded = {name: vocabulary.remap(lists) for name, lists in encoded.items()}
+        tokenizer = vocabulary
     out = {}
-    for name, (texts, domains) in grouped.items():
-        packed = pack(tokenizer.encode_batch(texts), domains, seq_length, tokenizer.eos_id)
+    for name, (_, domains) in grouped.items():
+        packed = pack(encoded[name], domains, seq_length, tokenizer.eos_id)
         if len(packed) == 0:
             where = ", ".join(data.paths) if data.corpus == "files" else data.corpus
             raise UserInputError(f"data: {where}: the {name} split holds fewer than {seq_length + 1} tokens; "

@@ -47,6 +47,9 @@ class GPT2Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
 
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return self._enc.decode_bytes(ids)
+
 
 class ByteTokenizer:
     """UTF-8 bytes, id 256 = end of document. A fallback that needs nothing installed."""
@@ -61,7 +64,10 @@ class ByteTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return bytes(i for i in ids if i < 256)
 
 
 def build_tokenizer(name: str):

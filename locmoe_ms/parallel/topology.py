@@ -38,6 +38,18 @@ class Topology:
         par = cfg.parallel_config
         return cls(par.nodes, par.devices_per_node, cfg.moe_config.expert_num, par.model_parallel, par.expert_parallel)
 
+    def check_rank_table(self, path: str) -> None:
+        """The rank table a launcher exported must describe this cluster: nodes servers of devices_per_node each."""
+        from locmoe_ms.cluster.rank_table import load_rank_table
+
+        table = load_rank_table(path)
+        per_server = sorted({len(server["device"]) for server in table["server_list"]})
+        servers = len(table["server_list"])
+        if servers != self.nodes or per_server != [self.devices_per_node]:
+            raise UserInputError(f"RANK_TABLE_FILE {path}: {servers} servers with {per_server} devices each; "
+                                 f"parallel_config asks for nodes = {self.nodes} with devices_per_node = "
+                                 f"{self.devices_per_node}")
+
     @property
     def world(self) -> int:
         return self.nodes * self.devices_per_node

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def set_context(cfg: Config) -> None:
 
 def prepare_data(cfg: Config):
     tokenizer = build_tokenizer(cfg.data.tokenizer)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
+    if not cfg.data.vocab_limit and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: smaller than the {cfg.data.tokenizer} "
                           f"tokenizer's vocabulary ({tokenizer.vocab_size})")
     return load_splits(cfg.data, cfg.model.seq_length, tokenizer)
@@ -79,8 +80,11 @@ def build_placement(cfg: Config) -> Placement:
 
     Collectives are initialised first: msrun also runs this script in its scheduler process, which must stop in
     init() before it touches data or files."""
+    topology = Topology.from_config(cfg)
+    if cfg.parallel_config.communicator == "hccl" and os.environ.get("RANK_TABLE_FILE"):
+        topology.check_rank_table(os.environ["RANK_TABLE_FILE"])
     comm = build_communicator(cfg.parallel_config.communicator, cfg.virtual_devices)
-    return Placement(Topology.from_config(cfg), comm)
+    return Placement(topology, comm)
 
 
 def build_rank_model(cfg: Config, placement: Placement):
