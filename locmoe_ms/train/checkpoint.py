@@ -6,8 +6,10 @@ through `append_dict`, the training step, the data position and the config, so `
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import mindspore as ms
@@ -18,7 +20,11 @@ from locmoe_ms.errors import UserInputError
 NAME = re.compile(r"^step_(\d{8})\.ckpt$")
 # Parameters rebuilt from the config rather than restored: the optimizer's learning-rate schedule array.
 DERIVED = ("learning_rate",)
-META_KEYS = ("step", "data_epoch", "data_index", "config_json", "valid_ppl", "format_version")
+# MindSpore's safetensors writer stores numbers only, so tools/convert_ckpt.py stores a string metadata value
+# (config_json) as a uint8 tensor of its UTF-8 bytes under this prefix.
+STRING_PREFIX = "__utf8__."
+META_KEYS = ("step", "data_epoch", "data_index", "config_json", "valid_ppl", "format_version",
+             "rank", "world_size", "expert_parallel_rank", "model_parallel_rank")  # last four: per-rank shards
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -46,26 +52,47 @@ def save(cell: nn.Cell, directory: Path, step: int, meta: dict, keep: int) -> Pa
     return final
 
 
-def load(path: str | Path) -> tuple[dict, dict]:
-    """(parameters, metadata) of a checkpoint; a missing, corrupted or truncated file is a one-line error."""
+@contextmanager
+def _quiet_logs():
+    """Mute Python logging while MindSpore reads: for a bad file it logs an [ERROR] line besides raising, and the
+    raised error becomes our one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load(path: str | Path, file_format: str = "ckpt") -> tuple[dict, dict]:
+    """(parameters, metadata) of a checkpoint (.ckpt, or .safetensors written by tools/convert_ckpt.py); a
+    missing, corrupted or truncated file is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise UserInputError(f"{path}: checkpoint is empty")
     try:
-        params = ms.load_checkpoint(str(path), crc_check=True)
+        with _quiet_logs():
+            params = ms.load_checkpoint(str(path), crc_check=True, format=file_format)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError/TypeError for bad files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(f"{path}: corrupted or truncated checkpoint ({reason[:160]})") from None
     meta = {}
-    for key in META_KEYS:
-        if key in params:
-            value = params.pop(key)
-            meta[key] = value.asnumpy().item() if hasattr(value, "asnumpy") else value
+    for name in list(params):
+        if name.startswith(STRING_PREFIX):  # safetensors holds strings as UTF-8 bytes
+            meta[name[len(STRING_PREFIX):]] = params.pop(name).asnumpy().tobytes().decode("utf-8")
+        elif name in META_KEYS:
+            value = params.pop(name)
+            meta[name] = value.asnumpy().item() if hasattr(value, "asnumpy") else value
     if "step" not in meta:
         raise UserInputError(f"{path}: not a locmoe-train checkpoint (no step recorded)")
     return params, meta
+
+
+def rank_dir(output_dir: str | Path, rank: int) -> Path:
+    """Where rank `rank` of a multi-process run writes its metrics and checkpoints."""
+    return Path(output_dir) / f"rank_{rank}"
 
 
 def restore(cell: nn.Cell, params: dict, path: Path) -> None:

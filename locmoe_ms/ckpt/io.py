@@ -1,0 +1,84 @@
+"""Read and write checkpoints (.ckpt or .safetensors, chosen by suffix) as (params, meta): CRC-checked, atomic.
+
+MindSpore's safetensors writer stores numbers only (a string entry fails with 'Unknown dtype'), so a string
+metadata value such as config_json is stored there as its UTF-8 bytes, a uint8 tensor named `__utf8__.<key>`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor
+
+from locmoe_ms.ckpt.paths import format_of, refuse_overwrite, require_format
+from locmoe_ms.config import Config, ConfigError, config_from_dict
+from locmoe_ms.errors import UserInputError
+from locmoe_ms.train import checkpoint
+
+STRING_PREFIX = checkpoint.STRING_PREFIX
+MODEL_PREFIX = "network."  # model parameters; optimizer moments are adam_m.network.*, adam_v.network.*
+WORLD_KEYS = ("rank", "world_size", "expert_parallel_rank", "model_parallel_rank")  # only in per-rank shards
+
+Params = dict[str, np.ndarray]
+
+
+def is_model_parameter(name: str) -> bool:
+    return name.startswith(MODEL_PREFIX)
+
+
+def read(path: str | Path) -> tuple[Params, dict]:
+    """(parameters as NumPy arrays, metadata); a missing, corrupted or foreign file is a one-line error."""
+    params, meta = checkpoint.load(path, format_of(Path(path)))
+    return {name: value.asnumpy() for name, value in params.items()}, meta
+
+
+def write(path: str | Path, params: Params, meta: dict) -> Path:
+    """Save via a temporary file in the target directory, then rename; the format follows the suffix."""
+    path = Path(path)
+    fmt = format_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp_{path.name}"  # keeps the suffix, or MindSpore would append one
+    entries = {name: Parameter(Tensor.from_numpy(np.ascontiguousarray(a)), name=name) for name, a in params.items()}
+    append = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if fmt == "safetensors" and isinstance(value, str):
+            name = STRING_PREFIX + key
+            data = np.frombuffer(value.encode("utf-8"), np.uint8).copy()
+            entries[name] = Parameter(Tensor.from_numpy(data), name=name)
+        else:
+            append[key] = value
+    try:
+        ms.save_checkpoint(entries, str(tmp), append_dict=append or None, crc_check=True, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def config_of(path: str | Path, meta: dict) -> Config:
+    """The validated config recorded in a checkpoint."""
+    raw = checkpoint.config_of(meta)
+    if not raw:
+        raise UserInputError(f"{path}: no config_json recorded in the checkpoint")
+    try:
+        return config_from_dict(raw)
+    except ConfigError as err:
+        raise UserInputError(f"{path}: the recorded config is invalid: {err}") from None
+
+
+def config_json(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict())
+
+
+def convert(path: Path, output: Path, to: str) -> Path:
+    """The same tensors and metadata in the other file format."""
+    require_format(output, to)
+    refuse_overwrite(output, [path])
+    params, meta = read(path)
+    return write(output, params, meta)
