@@ -26,6 +26,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
     parser.add_argument("--output-dir", default="runs/default", help="where metrics and checkpoints go")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    parser.add_argument("--init-from", metavar="CKPT", help="start at step 0 from the model weights of a checkpoint "
+                        "(for example one that tools/convert_ckpt.py upcycle wrote), with a fresh optimizer")
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
     if args.router:
@@ -34,7 +36,9 @@ def train_main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(args.config, overrides)
     from locmoe_ms.train.loop import train  # imports MindSpore: after the cheap checks
-    train(cfg, Path(args.output_dir), resume=args.resume)
+    if args.init_from and not Path(args.init_from).is_file():
+        raise UserInputError(f"--init-from {args.init_from}: checkpoint not found")
+    train(cfg, Path(args.output_dir), resume=args.resume, init_from=Path(args.init_from) if args.init_from else None)
     return 0
 
 

@@ -99,6 +99,13 @@ def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):
     assert result["valid_ppl"] == pytest.approx(logged, rel=1e-6)
     assert result["valid_ppl_at_save"] == pytest.approx(logged, rel=1e-6)
     assert result["test_ppl"] > 1
+    # --init-from starts a new run from those weights: with a vanishing learning rate its first validation equals
+    # the checkpoint's; a fresh start is far from it
+    start = _train(tmp_path / "again", "--init-from", str(tmp_path / "checkpoints" / "step_00000006.ckpt"),
+                   "--max-steps", "1", "--set", "train.eval_every=1", "--set", "train.warmup_steps=0",
+                   "--set", "train.learning_rate=1e-12", "--set", "train.min_learning_rate=0")
+    assert start.returncode == 0, start.stderr[-2000:]
+    assert _metrics(tmp_path / "again")[0]["valid_ppl"] == pytest.approx(logged, rel=1e-5)
 
 
 def _assert_one_line_error(run, *parts):

@@ -87,34 +87,41 @@ def build_placement(cfg: Config) -> Placement:
     return Placement(topology, comm)
 
 
-def build_rank_model(cfg: Config, placement: Placement):
-    """The loss network of this process; a rank starts from its share of the one-process model's initial weights,
-    so a distributed run starts exactly where the one-process run starts."""
+def build_rank_model(cfg: Config, placement: Placement, init_from: Path | None = None):
+    """The loss network of this process, from fresh weights or (init_from) the model weights of a checkpoint such
+    as an upcycled one. A rank starts from its share of the one-process model's weights, so a distributed run
+    starts exactly where the one-process run starts."""
+    full = build_model(cfg)  # first, in every process: the same random draws
+    if init_from is not None:
+        params, _ = checkpoint.load(init_from)
+        checkpoint.restore(full, params, init_from)
     if not placement.distributed:
-        return build_model(cfg)
-    full = {p.name: p.asnumpy() for p in build_model(cfg).trainable_params()}  # first: the same random draws
+        return full
+    weights = {p.name: p.asnumpy() for p in full.trainable_params()}
     loss_net = build_model(cfg, placement=placement)
     block, blocks = placement.topology.expert_block(placement.rank), placement.topology.expert_parallel
     for param in loss_net.trainable_params():
-        param.set_data(Tensor(expert_shard(param.name, full[param.name], block, blocks)))
+        param.set_data(Tensor(expert_shard(param.name, weights[param.name], block, blocks)))
     return loss_net
 
 
-def train(cfg: Config, output_dir: Path, resume: bool = False) -> dict:
+def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path | None = None) -> dict:
     """Run training to cfg.train.max_steps; returns the final summary (also printed and logged)."""
     set_context(cfg)
     placement = build_placement(cfg)
     print(placement.label, flush=True)
     output_dir = Path(output_dir)
     if placement.distributed:
-        output_dir = output_dir / f"rank_{placement.rank}"
+        output_dir = checkpoint.rank_dir(output_dir, placement.rank)
     ckpt_dir = output_dir / "checkpoints"
     existing = checkpoint.list_checkpoints(ckpt_dir)
     if not resume and existing:
         raise UserInputError(f"--output-dir {output_dir}: holds checkpoints already; pass --resume to continue or "
                              f"choose another directory")
     splits = prepare_data(cfg)
-    loss_net = build_rank_model(cfg, placement)
+    if init_from is not None and resume and existing:
+        raise UserInputError(f"--init-from {init_from}: --resume continues from {existing[-1]}; pass one of them")
+    loss_net = build_rank_model(cfg, placement, init_from)
     optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
     step_cell = TrainStep(loss_net, optimizer, cfg.train.grad_clip, placement)
     stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed)
@@ -122,6 +129,10 @@ def train(cfg: Config, output_dir: Path, resume: bool = False) -> dict:
     start = 0
     if resume and existing:
         params, meta = checkpoint.load(existing[-1])
+        if meta.get("rank", placement.rank if placement.distributed else None) != \
+                (placement.rank if placement.distributed else None):
+            raise UserInputError(f"{existing[-1]}: saved by rank {meta.get('rank', 'of a one-process run')}, "
+                                 f"read by {placement.label}; merge or split it with tools/convert_ckpt.py")
         checkpoint.restore(step_cell, params, existing[-1])
         stream.restore({"epoch": meta["data_epoch"], "index": meta["data_index"]})
         start = int(meta["step"])
