@@ -3,6 +3,7 @@
 Each msrun run is bounded by a timeout and msrun's own cluster timeout, so a failure never hangs the suite.
 """
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -126,21 +127,46 @@ data: {corpus: wiki_en, tokenizer: byte, max_documents: 300}
 """
 
 
-def test_data_and_expert_parallel_training_equals_one_process(tmp_path):
+def _train_one_process(config: Path, out: Path, *extra: str) -> None:
+    run = subprocess.run([sys.executable, "-m", "locmoe_ms.cli", "--config", str(config), "--output-dir", str(out),
+                          *extra], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _train_four_ranks(config: Path, out: Path, log: Path, *extra: str) -> None:
+    run = msrun(4, log, ROOT / "locmoe_ms" / "cli.py", "--config", config, "--output-dir", out,
+                "--set", "parallel_config.communicator=cpu", *extra)
+    assert run.returncode == 0, _worker_logs(log)
+
+
+def _convert(*args) -> None:
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_ckpt.py"), *map(str, args)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def training_runs(tmp_path_factory):
+    """The same 4 steps in one process and on 4 msrun ranks (data parallel 4, expert parallel 2)."""
+    tmp = tmp_path_factory.mktemp("training")
+    config = tmp / "tiny.yaml"
+    config.write_text(TRAIN_CONFIG)
+    _train_one_process(config, tmp / "one")
+    _train_four_ranks(config, tmp / "four", tmp / "log")
+    return tmp, config
+
+
+def test_data_and_expert_parallel_training_equals_one_process(training_runs):
     """4 ranks (data parallel 4, expert parallel 2: every expert block on two ranks) train 4 steps with the same
     per-step losses, statistics and validation perplexity as one process on the same global batches."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TRAIN_CONFIG)
-    single = subprocess.run([sys.executable, "-m", "locmoe_ms.cli", "--config", str(config), "--output-dir",
-                             str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    run = msrun(4, tmp_path / "log", ROOT / "locmoe_ms" / "cli.py", "--config", config, "--output-dir",
-                tmp_path / "four", "--set", "parallel_config.communicator=cpu")
-    assert run.returncode == 0, _worker_logs(tmp_path / "log")
-    expected = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    tmp, _ = training_runs
+    expected = _records(tmp / "one" / "metrics.jsonl")
     for rank in range(4):
-        got = [json.loads(line) for line in (tmp_path / "four" / f"rank_{rank}" / "metrics.jsonl").read_text()
-               .splitlines()]
+        got = _records(tmp / "four" / f"rank_{rank}" / "metrics.jsonl")
         assert [g["step"] for g in got] == [1, 2, 3, 4]
         for g, e in zip(got, expected):
             for key in ("loss", "lm_loss", "aux_loss", "locality_loss"):
@@ -152,4 +178,34 @@ def test_data_and_expert_parallel_training_equals_one_process(tmp_path):
                 # expert groups are ranks {0, 1} and {2, 3}: each a node, so the exchange never leaves it
                 assert gl["bytes_sent"]["intra_node"] > 0 and gl["bytes_sent"]["inter_node"] == 0
         assert got[-1]["valid_ppl"] == pytest.approx(expected[-1]["valid_ppl"], rel=1e-5)
-        assert (tmp_path / "four" / f"rank_{rank}" / "checkpoints" / "step_00000004.ckpt").is_file()
+        assert (tmp / "four" / f"rank_{rank}" / "checkpoints" / "step_00000004.ckpt").is_file()
+
+
+def test_merged_rank_checkpoints_evaluate_to_the_logged_validation_perplexity(training_runs):
+    tmp, config = training_runs
+    merged = tmp / "merged.ckpt"
+    _convert("merge", *(tmp / "four" / f"rank_{r}" for r in range(4)), "--output", merged)
+    run = subprocess.run([sys.executable, "-c", "import sys; from locmoe_ms.cli import eval_main; "
+                          "sys.exit(eval_main(sys.argv[1:]))", "--config", str(config), "--checkpoint", str(merged),
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    logged = _records(tmp / "four" / "rank_0" / "metrics.jsonl")[-1]["valid_ppl"]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["valid_ppl"] == pytest.approx(logged, rel=1e-5)
+
+
+def test_split_checkpoint_resumes_at_another_world_size(training_runs):
+    """The one-process checkpoint of step 4, split for 4 ranks, resumes under msrun with the losses of the
+    one-process run resumed from the same checkpoint."""
+    tmp, config = training_runs
+    shutil.copytree(tmp / "one", tmp / "one_resumed")
+    _train_one_process(config, tmp / "one_resumed", "--resume", "--max-steps", "6")
+    _convert("split", tmp / "one" / "checkpoints" / "step_00000004.ckpt", "--expert-parallel", 2, "--world", 4,
+             "--output", tmp / "split")
+    _train_four_ranks(config, tmp / "split", tmp / "split_log", "--resume", "--max-steps", "6")
+    expected = [r for r in _records(tmp / "one_resumed" / "metrics.jsonl") if r["step"] > 4]
+    assert [r["step"] for r in expected] == [5, 6]
+    for rank in range(4):
+        got = _records(tmp / "split" / f"rank_{rank}" / "metrics.jsonl")
+        assert [g["step"] for g in got] == [5, 6]
+        for g, e in zip(got, expected):
+            assert g["loss"] == pytest.approx(e["loss"], rel=1e-5), (rank, g["step"])
