@@ -27,7 +27,8 @@ def softmax(z):
 
 def moe_per_token(x, gate_w, gate_b, w_in, b_in, w_out, b_out, relu_gate, upstream):
     """Top-1 MoE, one token at a time, no capacity limit: y_t = p_t[e] * FFN_e(x_t) with p = softmax(G),
-    G = relu(W x + b) (LocMoE) or W x + b (Switch). Returns y and the gradients of sum(y * upstream)."""
+    G = relu(W x + b) (LocMoE) or W x + b (Switch); experts tied at the top are ordered by W x + b.
+    Returns y and the gradients of sum(y * upstream)."""
     grads = {k: np.zeros_like(v) for k, v in
              {"x": x, "gate_w": gate_w, "gate_b": gate_b, "w_in": w_in, "b_in": b_in, "w_out": w_out, "b_out": b_out}.items()}
     y = np.zeros_like(x)
@@ -35,7 +36,8 @@ def moe_per_token(x, gate_w, gate_b, w_in, b_in, w_out, b_out, relu_gate, upstre
         z = gate_w @ x[t] + gate_b
         g = np.maximum(z, 0) if relu_gate else z
         p = softmax(g)
-        e = int(np.argmax(p))
+        tied = np.flatnonzero(g == g.max())
+        e = int(tied[np.argmax(z[tied])])  # ties (GrAP's ReLU zeros) go to the largest pre-activation
         s = p[e]
         a = x[t] @ w_in[e] + b_in[e, 0]
         h = gelu(a)

@@ -61,3 +61,17 @@ def test_rre_routes_each_domain_to_its_expert_group():
     np.testing.assert_array_equal(index[:200], index[200:] - 2)
     counts = np.bincount(index[:200], minlength=2)
     assert abs(counts[0] - counts[1]) <= 1
+
+
+def test_grap_ties_go_to_the_largest_pre_activation_not_to_expert_0():
+    """When every GrAP pre-activation is negative the ReLU makes all logits 0; a plain argmax would send all such
+    tokens to expert 0 (and a dead gate never recovers). The tie is broken by the pre-activation instead."""
+    cfg = small_config("locmoe", moe_config={"aux_loss_factor": 0.0, "locality_loss_factor": 0.0})
+    r = build_router(cfg, Placement(Topology.from_config(cfg)), 4)
+    r.gate.bias.set_data(Tensor(np.full(4, -10.0, np.float32)))   # every pre-activation < 0: all logits tie at 0
+    x = np.zeros((4, 32), np.float32)
+    for token, expert in enumerate([2, 0, 3, 1]):
+        x[token, expert * 8:(expert + 1) * 8] = 1.0                 # raises the pre-activation of one expert group
+    index, score, probs, _, _ = r(Tensor(x), Tensor(np.zeros(4, np.int32)), Tensor(np.zeros(4, np.int32)))
+    assert index.asnumpy().tolist() == [2, 0, 3, 1]
+    np.testing.assert_allclose(score.asnumpy(), 0.25, rtol=1e-6)

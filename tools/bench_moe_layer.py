@@ -65,7 +65,7 @@ class GateOnly(nn.Cell):
         self.value_and_grad = ms.value_and_grad(self.objective, grad_position=0, weights=self.weights)
 
     def objective(self, x, upstream):
-        return (self.gate(x) * upstream).sum()
+        return (self.gate(x)[0] * upstream).sum()
 
     def construct(self, x, upstream):
         value, (grad_x, _) = self.value_and_grad(x, upstream)

@@ -1,4 +1,10 @@
-"""Gates: token -> expert logits. GrAP (fixed orthogonal grouped average pooling) and a dense layer."""
+"""Gates: token -> expert logits. GrAP (fixed orthogonal grouped average pooling) and a dense layer.
+
+A gate returns (logits [T, n], order [T, n]): `order` breaks ties between equal logits. GrAP's ReLU makes ties
+common (every expert at 0 when all pre-activations are negative); taking the first expert then, as a plain
+argmax does, sends every such token to expert 0, and since a dead ReLU passes no gradient the gate never recovers:
+in our runs both sparse layers collapsed onto expert 0 within 150 steps. GrAP orders ties by the pre-activation.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +45,8 @@ class GrAPGate(nn.Cell):
             pooled = pooled.reshape(tokens, self.experts)
         else:
             pooled = ops.matmul(x, self.weight_t)
-        return ops.relu(pooled + self.bias)
+        pre = pooled + self.bias
+        return ops.relu(pre), pre
 
 
 class DenseGate(nn.Cell):
@@ -50,5 +57,6 @@ class DenseGate(nn.Cell):
         self.weight = Parameter(initializer(Normal(init_std), (hidden, experts)), name="weight")
         self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
 
-    def construct(self, x: Tensor) -> Tensor:
-        return ops.matmul(x, self.weight) + self.bias
+    def construct(self, x: Tensor):
+        logits = ops.matmul(x, self.weight) + self.bias
+        return logits, logits

@@ -20,6 +20,13 @@ from locmoe_ms.moe.losses import auxiliary_loss, locality_loss
 from locmoe_ms.parallel.placement import Placement
 
 
+def top1(probs: Tensor, order: Tensor) -> Tensor:
+    """argmax of probs; among experts tied at the maximum, the one with the largest `order` (int32 [T])."""
+    tied = probs >= probs.max(axis=-1, keepdims=True)
+    key = ops.where(tied, ops.stop_gradient(order), ops.full_like(order, -3.0e38))
+    return ops.argmax(key, dim=-1).astype(ms.int32)
+
+
 class LearnedRouter(nn.Cell):
     """Top-1 over softmax(gate(x)), with the auxiliary loss and (if locality_factor > 0) the locality loss.
 
@@ -41,9 +48,10 @@ class LearnedRouter(nn.Cell):
         self.has_local = Tensor(has_local, ms.float32)
 
     def construct(self, x, token_ids, domain_ids):
-        probs = ops.softmax(self.gate(x), axis=-1)
-        score, index = ops.max(probs, axis=-1)
-        index = index.astype(ms.int32)
+        logits, order = self.gate(x)
+        probs = ops.softmax(logits, axis=-1)
+        index = top1(probs, order)
+        score = ops.gather_elements(probs, 1, index.reshape(-1, 1)).reshape(-1)
         aux = auxiliary_loss(probs, index, self.aux_factor, self.global_sum, self.global_tokens)
         loc = locality_loss(probs, self.target, self.has_local, self.locality_factor) if self.use_locality \
             else ops.zeros((), ms.float32)
