@@ -67,6 +67,26 @@ option_value() {
     esac
 }
 
+# Parse "POSITIONAL... [OPTION VALUE] [-- EXTRA...]" with one value option (such as --output-dir): sets OPTION_VALUE
+# (unchanged if the option is absent), POSITIONAL and EXTRA (the arguments after "--", for locmoe-train).
+# shellcheck disable=SC2034  # the results are read by the sourcing script
+parse_positional() {
+    local option=$1
+    shift
+    POSITIONAL=() EXTRA=()
+    while (($#)); do
+        case $1 in
+            --) shift; EXTRA=("$@"); return ;;
+            "$option" | "$option"=*)
+                OPTION_VALUE=$(option_value "$@")
+                [[ $1 == *=* ]] || shift ;;
+            -*) die "unknown option '$1' (see --help)" ;;
+            *) POSITIONAL+=("$1") ;;
+        esac
+        shift
+    done
+}
+
 # A free TCP port on this machine (the kernel's choice for port 0).
 free_port() {
     "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -26,20 +26,9 @@ source "$(dirname "$0")/common.sh"
 
 split_flags "$@"
 set -- "${REST[@]}"
-out_root=.
-positional=()
-while (($#)); do
-    case $1 in
-        --) shift; break ;;
-        --output-root | --output-root=*)
-            out_root=$(option_value "$@")
-            [[ $1 == *=* ]] || shift ;;
-        -*) die "unknown option '$1' (see --help)" ;;
-        *) positional+=("$1") ;;
-    esac
-    shift
-done
-extra=("$@")  # after "--": for locmoe-train
+OPTION_VALUE=.
+parse_positional --output-root "$@"
+out_root=$OPTION_VALUE positional=("${POSITIONAL[@]}") extra=("${EXTRA[@]}")
 ((${#positional[@]} >= 2)) || die "expected RANK_TABLE_FILE CONFIG (see --help)"
 ((${#positional[@]} <= 4)) || die "unexpected argument '${positional[4]}' (see --help)"
 set -- "${positional[@]}"

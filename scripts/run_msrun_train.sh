@@ -26,20 +26,9 @@ source "$(dirname "$0")/common.sh"
 
 split_flags "$@"
 set -- "${REST[@]}"
-output=runs/msrun
-positional=()
-while (($#)); do
-    case $1 in
-        --) shift; break ;;
-        --output-dir | --output-dir=*)
-            output=$(option_value "$@")
-            [[ $1 == *=* ]] || shift ;;
-        -*) die "unknown option '$1' (see --help)" ;;
-        *) positional+=("$1") ;;
-    esac
-    shift
-done
-extra=("$@")  # after "--": for locmoe-train
+OPTION_VALUE=runs/msrun
+parse_positional --output-dir "$@"
+output=$OPTION_VALUE positional=("${POSITIONAL[@]}") extra=("${EXTRA[@]}")
 ((${#positional[@]} >= 3)) || die "expected CONFIG WORKER_NUM LOCAL_WORKER_NUM (see --help)"
 ((${#positional[@]} <= 6)) || die "unexpected argument '${positional[6]}' (see --help)"
 set -- "${positional[@]}"
