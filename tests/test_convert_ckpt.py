@@ -124,7 +124,8 @@ def test_split_then_merge_is_bit_exact(trained, tmp_path, k, t, world, whole):
         assert (par["expert_parallel"], par["model_parallel"], par["data_parallel"]) == (k, t, w // t)
         assert part["network.blocks.1.moe.experts.w_in"].shape == (4 // k, 32, 64 if whole else 64 // t)
         assert part["adam_v.network.blocks.1.moe.experts.w_out"].shape == (4 // k, 64 if whole else 64 // t, 32)
-        assert part["network.blocks.0.attention.key_value.weight"].shape == (32, 64 if whole else 64 // t)
+        for name in ("key", "value"):
+            assert part[f"network.blocks.0.attention.{name}.weight"].shape == (32, 32 if whole else 32 // t)
         block = pmeta["expert_parallel_rank"] * (4 // k)
         np.testing.assert_array_equal(part["network.blocks.1.moe.experts.b_out"],
                                       params["network.blocks.1.moe.experts.b_out"][block:block + 4 // k])

@@ -41,8 +41,7 @@ def test_pangu_configs_follow_table_1(name, nodes, dp, ep, batch):
 def test_exact_strategies_64_devices():
     ins = st.in_strategies(ParallelSizes(dp=8, mp=8, ep=8))
     assert ins["embedding.gather"] == ((1, 1), (8, 1))
-    assert ins["attention.query"] == ins["attention.key_value"] == ((8, 1, 1), (1, 8))
-    assert ins["attention.kv_split"] == ((8, 1, 1),)
+    assert ins["attention.query"] == ins["attention.key"] == ins["attention.value"] == ((8, 1, 1), (1, 8))
     assert ins["attention.scores"] == ins["attention.context"] == ((8, 8, 1, 1), (8, 8, 1, 1))
     assert ins["attention.softmax"] == ((8, 8, 1, 1),)
     assert ins["attention.out"] == ((8, 1, 8), (8, 1))
@@ -87,8 +86,7 @@ def test_producer_and_consumer_layouts_agree(name):
     assert report.problems == []
     a2a = [("exchange.send_slice", "exchange.all_to_all", "all_to_all:ep"),
            ("exchange.return_slice", "exchange.return_all_to_all", "all_to_all:ep")]
-    gathers = [("attention.key_value.bias", "attention.kv_split", "all_gather:mp"),
-               ("exchange.all_to_all", "exchange.all_gather", "all_gather:mp"),
+    gathers = [("exchange.all_to_all", "exchange.all_gather", "all_gather:mp"),
                ("exchange.return_all_to_all", "exchange.return_all_gather", "all_gather:mp")]
     expected = a2a + (gathers if sizes.mp > 1 else [])  # tiny_cpu: mp 1, so only the All-to-All communicates
     assert sorted(report.redistributions) == sorted(expected)
@@ -167,13 +165,11 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     assert ops["network.blocks.0.attention.query"] == "attention.query"
     assert ops["network.blocks.3.moe.router.gate"] == "gate" and ops["network.final_norm"] == "head.layernorm"
     assert plan.primitives == []  # the cells own no primitives today
-    assert st.parameter_mismatches(names, ParallelSizes.from_config(cfg)) == []
+    assert st.parameter_mismatches(names) == []
     expert = st.parameter_split_of(planned["network.blocks.1.moe.experts.w_in"])
     assert (expert.expert_axis, expert.model_axis) == (0, 2)
-    # With model_parallel > 1 a contiguous shard of the fused K|V axis is not layout.py's per-chunk split.
-    fused = sorted(n for n in names if ".attention.key_value." in n)
-    assert len(fused) == 2 * 5
-    assert sorted(m.split(":")[0] for m in st.parameter_mismatches(names, ParallelSizes(8, 8, 8))) == fused
+    value = st.parameter_split_of(planned["network.blocks.0.attention.value.weight"])
+    assert (value.expert_axis, value.model_axis) == (None, 1)
 
 
 @pytest.mark.parametrize("sizes, overrides, message", [

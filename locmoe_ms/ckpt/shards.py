@@ -45,22 +45,16 @@ def _identical(a: np.ndarray, b: np.ndarray) -> bool:
 
 # ---- slicing one tensor ----
 def take(name: str, array: np.ndarray, block: int, blocks: int, t: int, tp: int) -> np.ndarray:
-    """Expert block `block` of `blocks` and tensor slice `t` of `tp` (per fused chunk) of a full tensor."""
+    """Expert block `block` of `blocks` and tensor slice `t` of `tp` of a full tensor."""
     array = expert_shard(name, array, block, blocks)
-    split = parameter_split(name)
-    if split.model_axis is not None and tp > 1:
-        axis = split.model_axis
-        array = np.concatenate([np.split(chunk, tp, axis=axis)[t]
-                                for chunk in np.split(array, split.model_chunks, axis=axis)], axis=axis)
+    axis = parameter_split(name).model_axis
+    if axis is not None and tp > 1:
+        array = np.split(array, tp, axis=axis)[t]
     return np.ascontiguousarray(array)
 
 
 def _join_tensor_slices(pieces: list[np.ndarray], split: ParamSplit) -> np.ndarray:
-    if len(pieces) == 1:
-        return pieces[0]
-    axis, chunks = split.model_axis, split.model_chunks
-    parts = [np.split(p, chunks, axis=axis) for p in pieces]
-    return np.concatenate([parts[t][c] for c in range(chunks) for t in range(len(pieces))], axis=axis)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=split.model_axis)
 
 
 def _shard_shape(full: tuple[int, ...], split: ParamSplit, blocks: int, tp: int) -> tuple[int, ...]:

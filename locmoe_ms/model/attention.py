@@ -17,7 +17,8 @@ class Attention(nn.Cell):
         self.heads = heads
         self.head_dim = hidden // heads
         self.query = Linear(hidden, hidden, init_std, compute_dtype)
-        self.key_value = Linear(hidden, 2 * hidden, init_std, compute_dtype)
+        self.key = Linear(hidden, hidden, init_std, compute_dtype)
+        self.value = Linear(hidden, hidden, init_std, compute_dtype)
         self.out = Linear(hidden, hidden, init_std, compute_dtype)
         self.scale = 1.0 / math.sqrt(self.head_dim)
         causal = np.triu(np.full((seq_length, seq_length), -1e9, dtype=np.float32), k=1)
@@ -33,7 +34,7 @@ class Attention(nn.Cell):
         b, s, h = x.shape
         q = self.query(query_input)
         q = ops.broadcast_to(q, (b, s, h))
-        k, v = ops.split(self.key_value(x), h, axis=-1)
+        k, v = self.key(x), self.value(x)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale + self.causal_bias[:s, :s]
         probs = self.dropout(ops.softmax(scores, axis=-1))

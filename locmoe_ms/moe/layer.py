@@ -1,4 +1,4 @@
-"""The MoE layer: router -> dispatcher -> exchange -> experts -> combine (DESIGN.md section 2)."""
+"""The MoE layer: router -> dispatcher -> exchange -> experts -> combine (the token flow in README.md)."""
 from __future__ import annotations
 
 import numpy as np

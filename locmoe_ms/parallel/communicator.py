@@ -1,4 +1,4 @@
-"""Collectives behind one interface, chosen by parallel_config.communicator (DESIGN.md section 5).
+"""Collectives behind one interface, chosen by parallel_config.communicator (README.md: "Several processes").
 
 Each method returns a Cell for one group of ranks (a tuple of world ranks that contains this rank):
 - all_to_all(group):  [g, *s] -> [g, *s]; row i of the result is row `group.index(me)` of rank group[i]'s input.

@@ -14,8 +14,7 @@ Primitive instances, so per-op `Primitive.shard` has nothing to attach to. `appl
   cell should use if it wants an op pinned, e.g. Attention.scores_matmul).
 Under auto-parallel MindSpore partitions the *global* graph: build the network with the one-process placement
 (every token group and expert, LocalExchange); the explicit exchange and auto-parallel are alternatives.
-Known gaps (see strategies.py): the Dispatcher's global ScatterNd/Gather have no sharded MindSpore implementation,
-and the fused key_value projection costs an All-Gather over mp in front of its Split.
+Known gap (see strategies.py): the Dispatcher's global ScatterNd/Gather have no sharded MindSpore implementation.
 """
 from __future__ import annotations
 
@@ -30,7 +29,8 @@ from locmoe_ms.parallel.strategies import (OPS, ParallelSizes, TensorLayout, lay
 CELL_OPS: tuple[tuple[str, str], ...] = (
     ("query_layer.attention.query", "query_layer.query"),
     (".attention.query", "attention.query"),
-    (".attention.key_value", "attention.key_value"),
+    (".attention.key", "attention.key"),
+    (".attention.value", "attention.value"),
     (".attention.out", "attention.out"),
     (".ffn.w_in", "ffn.w_in"),
     (".ffn.w_out", "ffn.w_out"),
@@ -44,7 +44,6 @@ CELL_OPS: tuple[tuple[str, str], ...] = (
 
 # (cell class name, attribute) -> op: primitives a cell may own to have that op pinned by Primitive.shard.
 PRIMITIVE_OPS: dict[tuple[str, str], str] = {
-    ("Attention", "kv_split"): "attention.kv_split",
     ("Attention", "scores_matmul"): "attention.scores",
     ("Attention", "softmax"): "attention.softmax",
     ("Attention", "context_matmul"): "attention.context",

@@ -1,4 +1,4 @@
-"""The expert exchange around the experts: dispatch buffer -> ranks that hold the experts -> back (DESIGN.md section 5).
+"""The expert exchange: dispatch buffer -> the ranks that hold the experts -> back (README.md, "Several processes").
 
 Written once above the communicator interface, so the CPU multi-process tests run the code Ascend runs.
 

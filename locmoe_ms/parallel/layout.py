@@ -2,11 +2,9 @@
 
 One source of truth for the shard strategies (parallel/strategies.py) and the checkpoint tools
 (tools/convert_ckpt.py). Expert parameters are split along the expert axis over the expert-parallel group.
-Tensor parallelism follows Megatron/PanGu-alpha: column-parallel first projections (query, key_value, FFN w_in,
-expert w_in) split their output axis, row-parallel second projections (attention out, FFN w_out, expert w_out)
-split their input axis; their biases stay whole. The fused key_value projection splits K and V separately
-(`model_chunks = 2`), so each tensor-parallel rank holds the same heads of K and of V. Embeddings, LayerNorms and
-the gate are replicated.
+Tensor parallelism follows Megatron/PanGu-alpha: column-parallel first projections (query, key, value, FFN w_in,
+expert w_in) split their output axis and their bias, row-parallel second projections (attention out, FFN w_out,
+expert w_out) split their input axis and keep their bias whole. Embeddings, LayerNorms and the gate are replicated.
 """
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ from dataclasses import dataclass
 class ParamSplit:
     expert_axis: int | None = None  # split over expert_parallel ranks
     model_axis: int | None = None   # split over model_parallel ranks
-    model_chunks: int = 1           # the model axis holds this many fused tensors, each split separately
 
 
 REPLICATED = ParamSplit()
@@ -30,8 +27,10 @@ _RULES: tuple[tuple[str, ParamSplit], ...] = (
     (".moe.experts.b_out", ParamSplit(expert_axis=0)),
     (".attention.query.weight", ParamSplit(model_axis=1)),
     (".attention.query.bias", ParamSplit(model_axis=0)),
-    (".attention.key_value.weight", ParamSplit(model_axis=1, model_chunks=2)),
-    (".attention.key_value.bias", ParamSplit(model_axis=0, model_chunks=2)),
+    (".attention.key.weight", ParamSplit(model_axis=1)),
+    (".attention.key.bias", ParamSplit(model_axis=0)),
+    (".attention.value.weight", ParamSplit(model_axis=1)),
+    (".attention.value.bias", ParamSplit(model_axis=0)),
     (".attention.out.weight", ParamSplit(model_axis=0)),
     (".ffn.w_in.weight", ParamSplit(model_axis=1)),
     (".ffn.w_in.bias", ParamSplit(model_axis=0)),

@@ -5,15 +5,15 @@ device matrix: rank = (edp_index * ep + ep_index) * mp + mp_index. That is Topol
 groups are mp consecutive ranks, token group j = rank // mp, expert block j % ep. Data parallel "dp" is the two
 outer axes together.
 
-Every op of the model's data flow (DESIGN.md section 2) has an `OpSpec`: the primitive, the layout of each input
+Every op of the model's data flow (the token flow in README.md) has an `OpSpec`: the primitive, the layout of each input
 and of the output, each dimension written as `symbol[:axes]` ("B:dp S h" = batch split over dp). From it come
 the numeric in-strategies of `Primitive.shard` (`in_strategies`), MindSpore `Layout`s (`mindspore_layouts`, which
 also pin the rank order, needed for the expert ops when dp/ep > 1 and ep > 1), and the checks of
 `check_strategies`: every split divides its dimension and the device count, matmul operands agree, and along
 DATA_FLOW each producer's output layout equals its consumer's input layout except for the intended
-redistributions (the expert All-to-All, the group-wise All-Gather, and the All-Gather the fused key_value
-projection costs), which it lists. `check_topology` checks the placement equals Topology's, and
-`parameter_mismatches` that parameter layouts equal parallel/layout.py's. None of this has run on Ascend.
+redistributions (the expert All-to-All and the group-wise All-Gather, each way), which it lists. `check_topology`
+checks the placement equals Topology's, and `parameter_mismatches` that parameter layouts equal parallel/layout.py's.
+None of this has run on Ascend.
 
 Dispatch and combine are written per token group ([G, tokens per group, ...], batched over G), the form in which
 MindSpore can shard them; the current Dispatcher scatters into one global buffer (ScatterNd, which has no sharded
@@ -92,7 +92,7 @@ def _op(primitive: str, inputs: tuple[str, ...], output: str, **kw) -> OpSpec:
 
 
 _HEADS = (0, 2, 1, 3)
-# Symbols: B batch, S sequence, h hidden, h2 = 2h, H heads, D head size, f FFN inner, V vocabulary, T = B*S,
+# Symbols: B batch, S sequence, h hidden, H heads, D head size, f FFN inner, V vocabulary, T = B*S,
 # E experts, G token groups (= dp), t = T/G, C capacity per (group, expert), GC = G*C, EC = E*C, one = 1.
 OPS: dict[str, OpSpec] = {
     "embedding.gather": _op("Gather", ("V h", "B:dp S"), "B:dp S h"),
@@ -101,10 +101,10 @@ OPS: dict[str, OpSpec] = {
     "attention.layernorm": _op("LayerNorm", ("B:dp S h", "h", "h"), "B:dp S h", axis=-1),
     "attention.query": _op("MatMulExt", ("B:dp S h", "h h:mp"), "B:dp S h:mp"),
     "attention.query.bias": _op("Add", ("B:dp S h:mp", "h:mp"), "B:dp S h:mp"),
-    "attention.key_value": _op("MatMulExt", ("B:dp S h", "h h2:mp"), "B:dp S h2:mp"),
-    "attention.key_value.bias": _op("Add", ("B:dp S h2:mp", "h2:mp"), "B:dp S h2:mp"),
-    "attention.kv_split": _op("Split", ("B:dp S h2",), "B:dp S h", axis=-1,
-                              note="the split axis must be whole: the fused K|V output is all-gathered over mp"),
+    "attention.key": _op("MatMulExt", ("B:dp S h", "h h:mp"), "B:dp S h:mp"),
+    "attention.key.bias": _op("Add", ("B:dp S h:mp", "h:mp"), "B:dp S h:mp"),
+    "attention.value": _op("MatMulExt", ("B:dp S h", "h h:mp"), "B:dp S h:mp"),
+    "attention.value.bias": _op("Add", ("B:dp S h:mp", "h:mp"), "B:dp S h:mp"),
     "attention.q_heads": _op("Transpose", ("B:dp S H:mp D",), "B:dp H:mp S D", perm=_HEADS),
     "attention.k_heads": _op("Transpose", ("B:dp S H:mp D",), "B:dp H:mp S D", perm=_HEADS),
     "attention.v_heads": _op("Transpose", ("B:dp S H:mp D",), "B:dp H:mp S D", perm=_HEADS),
@@ -190,13 +190,10 @@ DATA_FLOW: tuple[Edge, ...] = (
             "attention.query.bias", "attention.q_heads", "attention.scores", "attention.scale", "attention.mask",
             "attention.softmax", "attention.context", "attention.merge_heads", "attention.out",
             "attention.out.bias", "attention.residual"),
-    Edge("attention.layernorm", "attention.key_value"),
-    Edge("attention.key_value", "attention.key_value.bias"),
-    Edge("attention.key_value.bias", "attention.kv_split", 0, "all_gather:mp"),
-    Edge("attention.kv_split", "attention.k_heads", 0, "slice:mp"),
-    Edge("attention.kv_split", "attention.v_heads", 0, "slice:mp"),
-    Edge("attention.k_heads", "attention.k_transpose"),
+    *_chain("attention.layernorm", "attention.key", "attention.key.bias", "attention.k_heads",
+            "attention.k_transpose"),
     Edge("attention.k_transpose", "attention.scores", 1),
+    *_chain("attention.layernorm", "attention.value", "attention.value.bias", "attention.v_heads"),
     Edge("attention.v_heads", "attention.context", 1),
     *_chain("query_layer.query", "query_layer.query.bias", "query_layer.broadcast"),
     Edge("query_layer.broadcast", "attention.q_heads", 0, "slice:dp"),
@@ -241,8 +238,10 @@ PARAMETER_OPS: tuple[tuple[str, str, int], ...] = (
     ("query_layer.attention.query.bias", "query_layer.query.bias", 1),
     (".attention.query.weight", "attention.query", 1),
     (".attention.query.bias", "attention.query.bias", 1),
-    (".attention.key_value.weight", "attention.key_value", 1),
-    (".attention.key_value.bias", "attention.key_value.bias", 1),
+    (".attention.key.weight", "attention.key", 1),
+    (".attention.key.bias", "attention.key.bias", 1),
+    (".attention.value.weight", "attention.value", 1),
+    (".attention.value.bias", "attention.value.bias", 1),
     (".attention.out.weight", "attention.out", 1),
     (".attention.out.bias", "attention.out.bias", 1),
     (".ffn.w_in.weight", "ffn.w_in", 1),
@@ -291,16 +290,14 @@ def parameter_layout(name: str) -> TensorLayout | None:
 
 
 def parameter_split_of(layout: TensorLayout) -> ParamSplit:
-    """The ParamSplit (layout.py's vocabulary) a strategy layout gives a parameter. A shard strategy splits an
-    axis into contiguous blocks, so model_chunks is always 1."""
+    """The ParamSplit (layout.py's vocabulary) a strategy layout gives a parameter."""
     expert = [i for i, (_, axes) in enumerate(layout) if "ep" in axes]
     model = [i for i, (_, axes) in enumerate(layout) if "mp" in axes]
     return ParamSplit(expert_axis=expert[0] if expert else None, model_axis=model[0] if model else None)
 
 
-def parameter_mismatches(names, sizes: ParallelSizes) -> list[str]:
-    """Parameters whose strategy layout disagrees with layout.parameter_split (the checkpoint tools' view). The
-    number of fused chunks only matters when model_parallel > 1."""
+def parameter_mismatches(names) -> list[str]:
+    """Parameters whose strategy layout disagrees with layout.parameter_split (the checkpoint tools' view)."""
     problems = []
     for name in names:
         layout = parameter_layout(name)
@@ -308,10 +305,7 @@ def parameter_mismatches(names, sizes: ParallelSizes) -> list[str]:
             problems.append(f"{name}: no strategy names this parameter")
             continue
         mine, theirs = parameter_split_of(layout), parameter_split(name)
-        same = (mine.expert_axis, mine.model_axis) == (theirs.expert_axis, theirs.model_axis)
-        if same and sizes.mp > 1 and theirs.model_axis is not None:
-            same = mine.model_chunks == theirs.model_chunks
-        if not same:
+        if mine != theirs:
             problems.append(f"{name}: the strategies give {mine}, layout.py says {theirs}")
     return problems
 
@@ -340,7 +334,7 @@ def tensor_sizes(cfg, sizes: ParallelSizes) -> dict[str, int]:
     per_group = tokens // sizes.dp
     capacity = expert_capacity(per_group * sizes.ep, moe.capacity_factor, sizes.ep, moe.expert_num,
                                moe.min_capacity)
-    return {"B": batch, "S": m.seq_length, "h": m.hidden_size, "h2": 2 * m.hidden_size, "H": m.num_heads,
+    return {"B": batch, "S": m.seq_length, "h": m.hidden_size, "H": m.num_heads,
             "D": m.hidden_size // m.num_heads, "f": m.ffn_hidden_size, "V": m.vocab_size, "T": tokens,
             "E": moe.expert_num, "G": sizes.dp, "t": per_group, "C": capacity, "GC": sizes.dp * capacity,
             "EC": moe.expert_num * capacity, "one": 1}
