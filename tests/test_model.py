@@ -67,3 +67,20 @@ def test_outputs_depend_on_past_tokens_only():
     change = np.abs(out - base).max(axis=(0, 2))
     assert (change[:7] == 0).all(), "a position saw a future token"
     assert (change[8:] > 1e-4).all(), "later positions must read token 7 through attention"
+
+
+def test_linear_bias_gradient_equals_the_sum_over_tokens():
+    """Linear's bias gradient is computed as a product with ones (custom backward); it must equal the plain sum."""
+    from locmoe_ms.model.layers import Linear
+    rng = np.random.default_rng(5)
+    layer = Linear(6, 4, 0.5)
+    x = rng.normal(0, 1, (3, 5, 6)).astype(np.float32)
+    upstream = rng.normal(0, 1, (3, 5, 4)).astype(np.float32)
+
+    def objective(v):
+        return (layer(v) * Tensor(upstream)).sum()
+
+    grad_x, (grad_w, grad_b) = ms.grad(objective, grad_position=0, weights=layer.trainable_params())(Tensor(x))
+    np.testing.assert_allclose(grad_b.asnumpy(), upstream.sum(axis=(0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_w.asnumpy(), x.reshape(-1, 6).T @ upstream.reshape(-1, 4), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_x.asnumpy(), upstream @ layer.weight.asnumpy().T, rtol=1e-5, atol=1e-5)
