@@ -6,7 +6,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from locmoe_ms.model.layers import DTYPES, BiasAdd, activation
+from locmoe_ms.model.layers import DTYPES, activation
 
 
 class Experts(nn.Cell):
@@ -18,7 +18,6 @@ class Experts(nn.Cell):
         self.w_out = Parameter(initializer(Normal(init_std), (experts, ffn_hidden, hidden)), name="w_out")
         self.b_out = Parameter(Tensor(np.zeros((experts, 1, hidden), np.float32)), name="b_out")
         self.act = activation(act)
-        self.add_bias = BiasAdd(per_expert=True)
         self.dtype = DTYPES[compute_dtype]
         self.cast = compute_dtype != "float32"
 
@@ -28,5 +27,5 @@ class Experts(nn.Cell):
         return ops.bmm(x, w)
 
     def construct(self, x: Tensor) -> Tensor:
-        hidden = self.act(self.add_bias(self._bmm(x, self.w_in), self.b_in))
-        return self.add_bias(self._bmm(hidden, self.w_out), self.b_out)
+        hidden = self.act(self._bmm(x, self.w_in) + self.b_in)
+        return self._bmm(hidden, self.w_out) + self.b_out
