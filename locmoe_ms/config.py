@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ def _type_name(typ: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(typ, str(typ))
 
 
+_YAML11_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Check `value` against the annotation `typ`; ints are accepted where floats are expected."""
     origin = typing.get_origin(typ)
@@ -165,6 +169,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key} = {value!r}: must be {_type_name(typ)}")
         return [_coerce(f"{key}[{i}]", v, typing.get_args(typ)[0]) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+        value = float(value)  # PyYAML reads 3e-4 (no decimal point) as a string; users mean the number
     ok = {
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),

@@ -92,3 +92,12 @@ def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
     good = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE)], capture_output=True, text=True,
                           timeout=120)
     assert good.returncode == 0 and "router: locmoe" in good.stdout
+
+
+def test_exponent_without_decimal_point_is_a_number():
+    """PyYAML reads 3e-4 as a string (YAML 1.1); a float field takes it as the number users mean."""
+    cfg = load_config(str(ROOT / "model_configs" / "tiny_cpu.yaml"), ["train.learning_rate=3e-4",
+                                                                       "train.min_learning_rate=1E-5"])
+    assert cfg.train.learning_rate == 3e-4 and cfg.train.min_learning_rate == 1e-5
+    with pytest.raises(ConfigError, match="model.hidden_size = '2e2': must be an integer"):
+        load_config(str(ROOT / "model_configs" / "tiny_cpu.yaml"), ["model.hidden_size=2e2"])

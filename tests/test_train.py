@@ -14,7 +14,7 @@ CONFIG = str(ROOT / "model_configs" / "tiny_cpu.yaml")
 # A small model on the real corpus so that every router trains in seconds.
 SMALL = ["--set", "model.hidden_size=64", "--set", "model.ffn_hidden_size=128", "--set", "model.seq_length=32",
          "--set", "train.eval_batches=2", "--set", "train.log_every=5", "--set", "data.max_documents=1500",
-         "--set", "train.warmup_steps=5", "--set", "train.learning_rate=0.003"]
+         "--set", "train.warmup_steps=5", "--set", "train.learning_rate=0.003", "--set", "train.batch_size=8"]
 TIMEOUT = 600
 
 
@@ -55,6 +55,7 @@ def test_metrics_jsonl_schema(tmp_path):
         for layer in r["moe_layers"]:
             assert len(layer["tokens_per_expert"]) == 8 and sum(layer["tokens_per_expert"]) == 8 * 32
             assert 0 <= layer["dropped_share"] <= 1 and 0 <= layer["local_share"] <= 1
+            assert layer["bytes_sent"] == {"same_device": 0, "intra_node": 0, "inter_node": 0}  # one process
     assert "valid_ppl" in records[1] and "valid_ppl" in records[3] and "valid_ppl" not in records[0]
     assert "step 4/4" in run.stderr and "tok/s" in run.stderr and "ETA" in run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -103,7 +104,7 @@ def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):
     # the checkpoint's; a fresh start is far from it
     start = _train(tmp_path / "again", "--init-from", str(tmp_path / "checkpoints" / "step_00000006.ckpt"),
                    "--max-steps", "1", "--set", "train.eval_every=1", "--set", "train.warmup_steps=0",
-                   "--set", "train.learning_rate=1e-12", "--set", "train.min_learning_rate=0")
+                   "--set", "train.learning_rate=1.0e-12", "--set", "train.min_learning_rate=0")
     assert start.returncode == 0, start.stderr[-2000:]
     assert _metrics(tmp_path / "again")[0]["valid_ppl"] == pytest.approx(logged, rel=1e-5)
 
