@@ -41,16 +41,28 @@ def _worker_logs(log_dir: Path) -> str:
     return "\n".join(p.read_text()[-1500:] for p in sorted(log_dir.glob("worker_*.log")))
 
 
-@pytest.fixture(scope="module", params=[(2, 2), (1, 4)], ids=["tp2_ep2", "tp1_ep4"])
-def layer_results(request, tmp_path_factory):
+def _layer_results(tmp_path_factory, mp: int, ep: int, cases: str):
     """Per rank and case: the rank's expert-parallel layer against the single-process layer on the same batch."""
-    mp, ep = request.param
     out = tmp_path_factory.mktemp(f"layer_tp{mp}_ep{ep}")
-    cases = ("locmoe/plain,locmoe/groupwise,locmoe/overlapped,locmoe/count_aware,hash/plain,hash/groupwise,"
-             "hash/count_aware" if mp == 2 else "locmoe/plain,locmoe/overlapped,locmoe/count_aware")
     run = msrun(4, out / "log", WORKER, out, mp, ep, cases)
     assert run.returncode == 0, _worker_logs(out / "log")
     return mp, ep, [json.loads((out / f"rank{r}.json").read_text()) for r in range(4)]
+
+
+@pytest.fixture(scope="module")
+def tp2_ep2(tmp_path_factory):
+    return _layer_results(tmp_path_factory, 2, 2, "locmoe/plain,locmoe/groupwise,locmoe/overlapped,"
+                                                  "locmoe/count_aware,hash/plain,hash/groupwise,hash/count_aware")
+
+
+@pytest.fixture(scope="module")
+def tp1_ep4(tmp_path_factory):
+    return _layer_results(tmp_path_factory, 1, 4, "locmoe/plain,locmoe/overlapped,locmoe/count_aware")
+
+
+@pytest.fixture(params=["tp2_ep2", "tp1_ep4"])
+def layer_results(request):
+    return request.getfixturevalue(request.param)
 
 
 def test_expert_parallel_layer_equals_single_process(layer_results):
@@ -80,13 +92,11 @@ def _hash_fill(ids: np.ndarray, groups: int, capacity: int) -> np.ndarray:
     return np.minimum(counts, capacity)
 
 
-def test_byte_counters_equal_hand_computed_values(layer_results):
+def test_byte_counters_equal_hand_computed_values(tp2_ep2):
     """tp2_ep2 on 2 nodes x 2 devices: rank r exchanges with the rank of the same TP index on the other node.
     Plain sends the padded payload; group-wise sends 1/t of it across nodes plus the All-Gather inside the node;
     count-aware (group-wise here) counts the filled slots only."""
-    mp, ep, ranks = layer_results
-    if (mp, ep) != (2, 2):
-        pytest.skip("byte counters are hand-computed for tp2_ep2")
+    mp, ep, ranks = tp2_ep2
     per = EXPERTS // ep
     for rank in ranks:
         r = rank["rank"]
