@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import Tensor, nn, ops  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
 
 from locmoe_ms.config import ROUTER_GATES, config_from_dict  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402

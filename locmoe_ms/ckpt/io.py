@@ -6,11 +6,9 @@ metadata value such as config_json is stored there as its UTF-8 bytes, a uint8 t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor
 
 from locmoe_ms.ckpt.paths import format_of, refuse_overwrite, require_format
@@ -36,11 +34,9 @@ def read(path: str | Path) -> tuple[Params, dict]:
 
 
 def write(path: str | Path, params: Params, meta: dict) -> Path:
-    """Save via a temporary file in the target directory, then rename; the format follows the suffix."""
+    """Save atomically (checkpoint.atomic_save); the format follows the suffix."""
     path = Path(path)
     fmt = format_of(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp_{path.name}"  # keeps the suffix, or MindSpore would append one
     entries = {name: Parameter(Tensor.from_numpy(np.ascontiguousarray(a)), name=name) for name, a in params.items()}
     append = {}
     for key, value in meta.items():
@@ -52,13 +48,7 @@ def write(path: str | Path, params: Params, meta: dict) -> Path:
             entries[name] = Parameter(Tensor.from_numpy(data), name=name)
         else:
             append[key] = value
-    try:
-        ms.save_checkpoint(entries, str(tmp), append_dict=append or None, crc_check=True, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return checkpoint.atomic_save(entries, path, append, fmt)
 
 
 def config_of(path: str | Path, meta: dict) -> Config:

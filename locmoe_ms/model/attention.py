@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from locmoe_ms.model.layers import Linear

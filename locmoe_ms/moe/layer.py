@@ -38,7 +38,7 @@ class MoELayer(nn.Cell):
         self.exchange = build_exchange(placement, self.experts, moe.expert_num, capacity, cfg.model.hidden_size,
                                        par.exchange, par.exchange_chunks, par.count_aware)
         self.data_sum = placement.data_sum()
-        self.global_tokens = float(round(tokens / placement.batch_share))
+        self.global_tokens = float(placement.global_tokens(tokens))
         local = placement.topology.group_local_mask().astype(np.float32)
         self.local_mask = Tensor(local.reshape(-1))
         self.token_group_offset = Tensor(np.repeat(np.array(groups, dtype=np.int32) * moe.expert_num, per_group))

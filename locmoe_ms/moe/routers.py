@@ -120,7 +120,7 @@ def _learned(cfg: Config, placement: Placement, tokens: int, gate: nn.Cell, loca
     rows = list(placement.token_groups)
     return LearnedRouter(gate, cfg.moe_config.expert_num, cfg.moe_config.aux_loss_factor, locality_factor,
                          target[rows], has_local[rows], placement.data_sum(),
-                         round(tokens / placement.batch_share) if placement.distributed else None)
+                         placement.global_tokens(tokens) if placement.distributed else None)
 
 
 # name -> builder(cfg, placement, tokens routed by this process)

@@ -15,7 +15,6 @@ only has world-group AllGather/AllReduce: it emulates the group collectives exac
 from __future__ import annotations
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from locmoe_ms.errors import UserInputError

@@ -80,7 +80,6 @@ class ExpertExchange(nn.Cell):
         self.count_aware = count_aware
         self.all_to_all = comm.all_to_all(ep_group)
         self.tp_gather = comm.all_gather(tp_group)
-        self.count_exchange = comm.all_to_all(ep_group)
         self.kinds = Tensor(_destination_kinds(placement, ep_group))
         self.row_bytes = float(self.width * BYTES_PER_VALUE)
         self.gather_bytes = Tensor(np.array([0.0, float(self.tp - 1), 0.0], np.float32))  # TP group: one node
@@ -104,7 +103,7 @@ class ExpertExchange(nn.Cell):
         recv_fill = send_fill
         send_mask = recv_mask = self.positions
         if self.count_aware:
-            recv_fill = self.count_exchange(send_fill)                    # [ep sources, per]: their fill of mine
+            recv_fill = self.all_to_all(send_fill)                        # [ep sources, per]: their fill of mine
             send_mask = (self.positions < send_fill.reshape(ep, per, 1, 1)).astype(ms.float32)
             recv_mask = (self.positions < recv_fill.reshape(ep, per, 1, 1)).astype(ms.float32)
         outputs = ()

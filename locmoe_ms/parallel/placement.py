@@ -45,6 +45,10 @@ class Placement:
         """Fraction of the global batch this process holds."""
         return len(self.token_groups) / self.topology.token_groups
 
+    def global_tokens(self, tokens: int) -> int:
+        """Tokens of the global batch, given the `tokens` this process holds."""
+        return round(tokens / self.batch_share)
+
     def batch_rows(self, batch_size: int) -> slice:
         """The rows of a global batch that this process computes."""
         groups = self.topology.token_groups

@@ -38,15 +38,25 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if NAME.match(p.name))
 
 
+def atomic_save(save_obj, path: Path, append: dict | None, file_format: str = "ckpt") -> Path:
+    """MindSpore's save_checkpoint (with CRC) into a temporary file beside `path`, then a rename: a reader never
+    sees a half-written checkpoint, and a failed write leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp_{path.name}"  # keeps the suffix, or MindSpore would append one
+    try:
+        ms.save_checkpoint(save_obj, str(tmp), append_dict=append or None, crc_check=True, format=file_format)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save(cell: nn.Cell, directory: Path, step: int, meta: dict, keep: int) -> Path:
-    """Write step_XXXXXXXX.ckpt via a temporary file and rename, then drop all but the newest `keep`."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write step_XXXXXXXX.ckpt atomically, then drop all but the newest `keep`."""
     final = checkpoint_path(directory, step)
-    tmp = directory / f".tmp_{final.name}"  # must end in .ckpt or MindSpore appends it
     append = {k: v for k, v in meta.items() if v is not None}
     append.update(step=int(step), format_version=1)
-    ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
-    os.replace(tmp, final)
+    atomic_save(cell, final, append)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink()
     return final

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import Tensor, nn, ops  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
 
 from locmoe_ms.config import config_from_dict  # noqa: E402
 from locmoe_ms.moe.layer import MoELayer  # noqa: E402
