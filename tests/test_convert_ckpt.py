@@ -3,6 +3,7 @@ and one-line refusals of bad input. The CLI runs as a subprocess; the round trip
 import importlib.util
 import json
 import random
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from locmoe_ms.ckpt import io, shards
+from locmoe_ms.errors import UserInputError
 from locmoe_ms.ckpt.fresh import is_router_parameter
 from locmoe_ms.ckpt.summary import summarize
 from locmoe_ms.ckpt.upcycle import upcycle
@@ -154,6 +156,19 @@ def test_split_and_merge_cli_with_rank_directories(trained, tmp_path):
     shard = summarize(ranks[3] / "checkpoints" / "step_00000002.ckpt")
     assert shard["shard"] == {"rank": 3, "world_size": 4, "expert_parallel_rank": 1, "model_parallel_rank": 1}
     assert shard["experts_held"] == 2
+
+
+def test_resume_refuses_a_shard_of_another_rank(trained, tmp_path):
+    """A rank shard placed where a one-process run resumes is refused in one line, not loaded as if it were whole."""
+    from locmoe_ms.train.loop import train
+    _ok(_tool("split", trained, "--expert-parallel", "2", "--world", "2", "--output", tmp_path / "ranks"))
+    run = tmp_path / "one"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "ranks" / "rank_1" / "checkpoints" / "step_00000002.ckpt", run / "checkpoints")
+    cfg = io.config_of(trained, io.read(trained)[1])
+    with pytest.raises(UserInputError, match=r"step_00000002.ckpt: saved by rank 1, read by one process emulating "
+                                             r"4 devices; merge or split it with tools/convert_ckpt.py"):
+        train(cfg, run, resume=True)
 
 
 # ---- inspect ----
