@@ -51,7 +51,9 @@ class ModelConfig:
     layernorm_eps: float = rule(1e-5, gt=0.0)
     init_std: float = rule(0.02, gt=0.0)
     compute_dtype: str = rule("float32", choices=("float32", "float16", "bfloat16"),
-                              help="matmul dtype; float16/bfloat16 need Ascend")
+                              help="matmul dtype; float16/bfloat16 need Ascend (LayerNorm, softmax, the router "
+                                   "and the losses stay float32)")
+    recompute: bool = rule(False, help="recompute each block's activations in the backward pass (Cell.recompute)")
 
 
 @dataclass
@@ -81,6 +83,9 @@ class ParallelConfig:
                          help="All-to-All of the full payload, or LocMoE's 1/t per tensor-parallel rank + All-Gather")
     exchange_chunks: int = rule(1, ge=1, help="capacity chunks pipelined through exchange and expert FFN")
     count_aware: bool = rule(False, help="send only filled slots (AlltoAllV); counts bytes of filled slots")
+    mode: str = rule("explicit", choices=("explicit", "auto"),
+                     help="explicit: a per-rank model with the exchange over the communicator; auto: one full-batch "
+                          "model sharded by MindSpore's auto-parallel from parallel/strategies.py (Ascend)")
 
 
 @dataclass
@@ -94,6 +99,17 @@ class TrainConfig:
     grad_clip: float = rule(1.0, ge=0.0, help="global norm; 0 disables")
     seed: int = rule(0, ge=0)
     mode: str = rule("graph", choices=("graph", "pynative"))
+    device_target: str = rule("auto", choices=("auto", "cpu", "ascend"),
+                              help="auto: Ascend when MindSpore can use it, else CPU")
+    loss_scale: str = rule("none", choices=("dynamic", "fixed", "none"),
+                           help="dynamic: MindSpore's DynamicLossScaler; fixed: a constant scale; both skip a step "
+                                "whose gradients overflow")
+    loss_scale_value: float = rule(65536.0, ge=1.0, help="the initial (dynamic) or constant (fixed) loss scale")
+    loss_scale_factor: int = rule(2, ge=2, help="dynamic: the scale grows by this factor and backs off by its "
+                                                "inverse (MindSpore's DynamicLossScaler has one factor for both)")
+    loss_scale_window: int = rule(1000, ge=1, help="dynamic: overflow-free steps before the scale grows")
+    inject_overflow_steps: List[int] = rule([], item_ge=1, help="steps whose gradients rank 0 makes infinite after "
+                                                               "the backward pass: exercises the overflow path")
     log_every: int = rule(10, ge=1)
     eval_every: int = rule(100, ge=1)
     eval_batches: int = rule(8, ge=1)
@@ -255,6 +271,9 @@ def _check_relations(cfg: Config) -> None:
     if tr.batch_size % par.data_parallel:
         raise ConfigError(f"train.batch_size = {tr.batch_size}: must be divisible by parallel_config.data_parallel "
                           f"({par.data_parallel})")
+    if tr.inject_overflow_steps and tr.loss_scale == "none":
+        raise ConfigError(f"train.inject_overflow_steps = {tr.inject_overflow_steps}: needs train.loss_scale dynamic "
+                          f"or fixed (with 'none' nothing detects the overflow)")
     if tr.min_learning_rate > tr.learning_rate:
         raise ConfigError(f"train.min_learning_rate = {tr.min_learning_rate}: must be <= train.learning_rate "
                           f"({tr.learning_rate})")

@@ -78,7 +78,7 @@ def _random_checkpoint(cfg, directory: Path, step: int = 5) -> Path:
     """A checkpoint of `cfg` with every float tensor random (so that biases and moments are not zeros)."""
     ms.set_seed(0)
     net = build_model(cfg)
-    cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train.grad_clip)
+    cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train)
     rng = np.random.default_rng(1)
     for p in cell.get_parameters():
         if p.dtype == ms.float32 and p.name != "learning_rate":
@@ -271,7 +271,7 @@ def test_reroute_keeps_experts_bit_exact_and_the_model_trains(trained, tmp_path,
         assert new == []
     cfg.train.max_steps = 4  # the run ended at step 2; continue it as `--resume --max-steps 4` would
     net = build_model(cfg)
-    cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train.grad_clip)
+    cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train)
     loaded, _ = checkpoint.load(out)
     checkpoint.restore(cell, loaded, out)  # every parameter and moment present with its shape
     tokens = np.random.default_rng(0).integers(0, 257, (4, 17)).astype(np.int32)

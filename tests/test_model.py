@@ -20,7 +20,7 @@ def _batch(cfg, seed=0):
 def _losses_after_steps(cfg, steps):
     ms.set_seed(0)
     net = build_model(cfg)
-    step = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train.grad_clip)
+    step = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train)
     batch = _batch(cfg)
     return [float(step(*batch)[0]) for _ in range(steps)]
 
@@ -84,3 +84,22 @@ def test_linear_bias_gradient_equals_the_sum_over_tokens():
     np.testing.assert_allclose(grad_b.asnumpy(), upstream.sum(axis=(0, 1)), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad_w.asnumpy(), x.reshape(-1, 6).T @ upstream.reshape(-1, 4), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad_x.asnumpy(), upstream @ layer.weight.asnumpy().T, rtol=1e-5, atol=1e-5)
+
+
+def test_recompute_gives_the_same_loss_and_gradients():
+    """model.recompute marks every block with Cell.recompute(): the backward pass recomputes activations instead of
+    keeping them, which must not change the loss or any gradient."""
+    grads = {}
+    for recompute in (False, True):
+        cfg = small_config("locmoe", model={"num_layers": 3, "sparse_layers": [0, 2], "recompute": recompute})
+        ms.set_seed(0)
+        net = build_model(cfg)
+        blocks = [*net.network.blocks, net.network.query_layer]
+        assert all(("output_recompute" in b.get_flags()) == recompute for b in blocks)  # Cell.recompute() applied
+        params = net.trainable_params()
+        (loss, *_), g = ms.value_and_grad(net, None, params, has_aux=True)(*_batch(cfg))
+        grads[recompute] = (float(loss), {p.name: x.asnumpy() for p, x in zip(params, g)})
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-6)
+    assert grads[True][1].keys() == grads[False][1].keys()
+    for name, value in grads[False][1].items():
+        np.testing.assert_allclose(grads[True][1][name], value, rtol=1e-5, atol=1e-7, err_msg=name)

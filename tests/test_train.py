@@ -49,7 +49,9 @@ def test_metrics_jsonl_schema(tmp_path):
     records = _metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for r in records:
-        assert {"step", "loss", "lm_loss", "aux_loss", "locality_loss", "lr", "tokens_per_s", "moe_layers"} <= set(r)
+        assert {"step", "loss", "lm_loss", "aux_loss", "locality_loss", "lr", "tokens_per_s", "moe_layers",
+                "loss_scale", "skipped"} <= set(r)
+        assert (r["loss_scale"], r["skipped"]) == (1.0, False)  # train.loss_scale none
         assert r["loss"] == pytest.approx(r["lm_loss"] + r["aux_loss"] + r["locality_loss"], rel=1e-5)
         assert len(r["moe_layers"]) == 2
         for layer in r["moe_layers"]:
@@ -62,8 +64,12 @@ def test_metrics_jsonl_schema(tmp_path):
     assert summary["valid_ppl"] == pytest.approx(records[3]["valid_ppl"])
 
 
-def test_killed_run_resumes_with_identical_losses(tmp_path):
-    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12"]
+@pytest.mark.parametrize("scaling", [[], ["--set", "train.loss_scale=dynamic", "--set", "train.loss_scale_window=2",
+                                     "--set", "train.inject_overflow_steps=[3,7,10]"]], ids=["plain", "loss_scale"])
+def test_killed_run_resumes_with_identical_losses(tmp_path, scaling):
+    """SIGKILL after the step-8 checkpoint, then --resume: every step's loss (and with dynamic loss scaling every
+    scale and skipped step: the scaler's state is in the checkpoint) equals the unbroken run's."""
+    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12", *scaling]
     straight = _train(tmp_path / "straight", *steps)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -87,6 +93,9 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert [r["step"] for r in b] == list(range(1, 13))
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-6, (x["step"], x["loss"], y["loss"])
+        assert (x["loss_scale"], x["skipped"], x["lr"]) == (y["loss_scale"], y["skipped"], y["lr"]), x["step"]
+    if scaling:
+        assert [r["step"] for r in a if r["skipped"]] == [3, 7, 10]
 
 
 def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):
@@ -154,6 +163,11 @@ def test_truncated_checkpoint_is_refused_on_resume(tmp_path):
     (["--set", "model.hidden_size"], ["expected section.key=value"]),
     (["--router", "gshard"], ["--router", "invalid choice"]),
     (["--max-steps", "zero"], ["--max-steps", "invalid int value"]),
+    (["--set", "model.compute_dtype=float16"], ["model.compute_dtype = 'float16'", "on CPU",
+                                                "--set model.compute_dtype=float32"]),
+    (["--set", "train.device_target=ascend"], ["train.device_target = 'ascend'", "cannot use Ascend"]),
+    (["--set", "train.device_target=npu"], ["train.device_target = 'npu'", "one of auto, cpu, ascend"]),
+    (["--set", "train.inject_overflow_steps=[3]"], ["train.inject_overflow_steps = [3]", "train.loss_scale"]),
 ])
 def test_bad_overrides_and_flags(tmp_path, args, parts):
     _assert_one_line_error(_train(tmp_path, *args), *parts)

@@ -51,11 +51,10 @@ def profile_steps(step_cell, batches, out_dir: Path) -> list[tuple[str, float, f
     """(op type, ms per step, share) for the top operators over the given batches."""
     import csv
     import mindspore as ms
-    from mindspore import Tensor
 
     prof = ms.Profiler(output_path=str(out_dir))
-    for tokens, domains in batches:
-        step_cell(Tensor(tokens), Tensor(domains))[0].asnumpy()
+    for inputs in batches:
+        step_cell(*inputs)[0].asnumpy()
     prof.stop()
     prof.analyse()
     table = next(out_dir.rglob("cpu_op_type_info_0.csv"), None)
@@ -82,26 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError(f"--steps = {args.steps}, --warmup = {args.warmup}: need steps >= 1 and warmup >= 0")
     cfg = load_config(args.config, args.overrides + ["train.mode=graph"])
 
-    from mindspore import Tensor
     from locmoe_ms.data.dataset import BatchStream
-    from locmoe_ms.model.network import build_model
-    from locmoe_ms.train.loop import prepare_data, set_context
-    from locmoe_ms.train.optim import build_optimizer
-    from locmoe_ms.train.step import TrainStep
+    from locmoe_ms.train.loop import build_training, prepare_data, set_context
 
     peak_before = numpy_peak_gflops()
     set_context(cfg)
     splits = prepare_data(cfg)
-    net = build_model(cfg)
-    step_cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train.grad_clip)
+    training = build_training(cfg)
+    step_cell = training.step
     stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed)
-    compile_s = _timed(lambda: step_cell(*map(Tensor, stream.next()))[0].asnumpy())
+    compile_s = _timed(lambda: step_cell(*training.inputs(*stream.next(), 1))[0].asnumpy())
     for _ in range(args.warmup):
-        step_cell(*map(Tensor, stream.next()))[0].asnumpy()
+        step_cell(*training.inputs(*stream.next(), 1))[0].asnumpy()
     times = []
     for _ in range(args.steps):
-        batch = stream.next()
-        times.append(_timed(lambda: step_cell(*map(Tensor, batch))[0].asnumpy()))
+        inputs = training.inputs(*stream.next(), 1)
+        times.append(_timed(lambda: step_cell(*inputs)[0].asnumpy()))
     peak_after = numpy_peak_gflops()
 
     tokens = cfg.train.batch_size * cfg.model.seq_length
@@ -119,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
           f"MFU {flops / peak:.1%} of the better")
     if args.profile:
         out = Path(os.environ.get("TMPDIR", "/tmp")) / f"locmoe_profile_{os.getpid()}"
-        top = profile_steps(step_cell, [stream.next() for _ in range(3)], out)
+        top = profile_steps(step_cell, [training.inputs(*stream.next(), 1) for _ in range(3)], out)
         result["profile"] = top
         print("top operators (ms per step, share of operator time):")
         for op, ms_step, share in top:

@@ -21,7 +21,7 @@ def fresh_parameters(cfg: Config, optimizer: bool = False) -> dict[str, np.ndarr
     (zeros), global_step and learning_rate, named as in a locmoe-train checkpoint."""
     ms.set_seed(cfg.train.seed)
     net = build_model(cfg)
-    cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train.grad_clip) if optimizer \
+    cell = TrainStep(net, build_optimizer(net.trainable_params(), cfg.train), cfg.train) if optimizer \
         else net
     return {p.name: p.asnumpy() for p in cell.get_parameters()}
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from locmoe_ms.model.layers import Linear
+from locmoe_ms.model.layers import DTYPES, Linear, matmul_in
 
 
 class Attention(nn.Cell):
@@ -19,6 +19,7 @@ class Attention(nn.Cell):
         self.key = Linear(hidden, hidden, init_std, compute_dtype)
         self.value = Linear(hidden, hidden, init_std, compute_dtype)
         self.out = Linear(hidden, hidden, init_std, compute_dtype)
+        self.dtype = DTYPES[compute_dtype]
         self.scale = 1.0 / math.sqrt(self.head_dim)
         causal = np.triu(np.full((seq_length, seq_length), -1e9, dtype=np.float32), k=1)
         self.causal_bias = Tensor(causal)
@@ -35,7 +36,7 @@ class Attention(nn.Cell):
         q = ops.broadcast_to(q, (b, s, h))
         k, v = self.key(x), self.value(x)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale + self.causal_bias[:s, :s]
-        probs = self.dropout(ops.softmax(scores, axis=-1))
-        context = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, s, h)
+        scores = matmul_in(self.dtype, q, k.transpose(0, 1, 3, 2)) * self.scale + self.causal_bias[:s, :s]
+        probs = self.dropout(ops.softmax(scores, axis=-1))  # float32
+        context = matmul_in(self.dtype, probs, v).transpose(0, 2, 1, 3).reshape(b, s, h)
         return self.out(context)

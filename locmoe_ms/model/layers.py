@@ -9,6 +9,14 @@ from mindspore.common.initializer import Normal, initializer
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
+def matmul_in(dtype, x: Tensor, w: Tensor, matmul=ops.matmul) -> Tensor:
+    """x @ w computed in `dtype` (float16/bfloat16 on Ascend), returned as float32: matmuls run in the compute
+    dtype while LayerNorm, softmax, the router and the losses stay float32, as PanGu-Sigma trains on the 910A."""
+    if dtype == ms.float32:
+        return matmul(x, w)
+    return matmul(x.astype(dtype), w.astype(dtype)).astype(ms.float32)
+
+
 def activation(name: str) -> nn.Cell:
     """The FFN activation; 'gelu' is the paper's exact (erf) GeLU."""
     cells = {"gelu": lambda: nn.GELU(approximate=False), "gelu_tanh": lambda: nn.GELU(approximate=True),
@@ -38,13 +46,9 @@ class Linear(nn.Cell):
         self.bias = Parameter(Tensor(np.zeros(n_out, np.float32)), name="bias") if bias else None
         self.add_bias = BiasAdd()
         self.dtype = DTYPES[compute_dtype]
-        self.cast = compute_dtype != "float32"
 
     def construct(self, x: Tensor) -> Tensor:
-        if self.cast:
-            y = ops.matmul(x.astype(self.dtype), self.weight.astype(self.dtype)).astype(ms.float32)
-        else:
-            y = ops.matmul(x, self.weight)
+        y = matmul_in(self.dtype, x, self.weight)
         if self.bias is not None:
             y = self.add_bias(y, self.bias)
         return y

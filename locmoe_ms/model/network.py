@@ -11,6 +11,7 @@ from mindspore.common.initializer import Normal, initializer
 
 from locmoe_ms.config import Config
 from locmoe_ms.model.blocks import DenseBlock, SparseBlock
+from locmoe_ms.model.layers import DTYPES, matmul_in
 from locmoe_ms.model.loss import CrossEntropy
 from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology
@@ -40,6 +41,11 @@ class PanGuSigmaLM(nn.Cell):
         self.final_norm = nn.LayerNorm((m.hidden_size,), epsilon=m.layernorm_eps)
         self.query_layer = DenseBlock(cfg)
         self.num_sparse = len(m.sparse_layers)
+        self.dtype = DTYPES[m.compute_dtype]
+        if m.recompute:  # activations of each block are recomputed in the backward pass instead of kept
+            for block in self.blocks:
+                block.recompute()
+            self.query_layer.recompute()
 
     def construct(self, input_ids: Tensor, domain_ids: Tensor):
         b, s = input_ids.shape
@@ -62,7 +68,7 @@ class PanGuSigmaLM(nn.Cell):
             else:
                 x = self.blocks[i](x)
         x = self.final_norm(self.query_layer(x, self.top_query_embedding[:s]))
-        logits = ops.matmul(x.reshape(b * s, self.hidden), self.word_embedding.T)
+        logits = matmul_in(self.dtype, x.reshape(b * s, self.hidden), self.word_embedding.T)  # float32 for the loss
         if self.num_sparse == 0:
             return logits, aux, loc, ops.zeros((0, self.experts), ms.float32), ops.zeros((0,), ms.float32), \
                 ops.zeros((0,), ms.float32), ops.zeros((0, 3), ms.float32)

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from locmoe_ms.model.layers import DTYPES, activation
+from locmoe_ms.model.layers import DTYPES, activation, matmul_in
 
 
 class Experts(nn.Cell):
@@ -19,13 +18,7 @@ class Experts(nn.Cell):
         self.b_out = Parameter(Tensor(np.zeros((experts, 1, hidden), np.float32)), name="b_out")
         self.act = activation(act)
         self.dtype = DTYPES[compute_dtype]
-        self.cast = compute_dtype != "float32"
-
-    def _bmm(self, x: Tensor, w: Tensor) -> Tensor:
-        if self.cast:
-            return ops.bmm(x.astype(self.dtype), w.astype(self.dtype)).astype(ms.float32)
-        return ops.bmm(x, w)
 
     def construct(self, x: Tensor) -> Tensor:
-        hidden = self.act(self._bmm(x, self.w_in) + self.b_in)
-        return self._bmm(hidden, self.w_out) + self.b_out
+        hidden = self.act(matmul_in(self.dtype, x, self.w_in, ops.bmm) + self.b_in)
+        return matmul_in(self.dtype, hidden, self.w_out, ops.bmm) + self.b_out

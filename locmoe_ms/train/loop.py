@@ -6,11 +6,12 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor
+from mindspore import Tensor, nn
 
 from locmoe_ms.config import Config, ConfigError
 from locmoe_ms.data.dataset import BatchStream, eval_batches, load_splits
@@ -28,13 +29,40 @@ from locmoe_ms.train.step import TrainStep
 from locmoe_ms.train.telemetry import MetricsLog, Progress
 
 
-def set_context(cfg: Config) -> None:
-    ms.set_device("CPU")
+def resolve_device(choice: str) -> str:
+    """train.device_target -> MindSpore's device name: auto is Ascend when MindSpore's Ascend plugin loaded."""
+    from mindspore._c_expression import MSContext
+
+    ascend = MSContext.get_instance().is_pkg_support_device("Ascend")
+    if choice == "ascend" and not ascend:
+        reason = MSContext.get_instance().load_plugin_error().strip().splitlines()
+        raise ConfigError(f"train.device_target = 'ascend': MindSpore cannot use Ascend on this machine"
+                          f"{' (' + reason[0][:120] + ')' if reason else ''}; use cpu or auto")
+    return "Ascend" if choice == "ascend" or (choice == "auto" and ascend) else "CPU"
+
+
+def device_id() -> int:
+    """The NPU of this rank: DEVICE_ID from the launcher's environment (0 when unset)."""
+    text = os.environ.get("DEVICE_ID", "0")
+    if not text.isdigit() or int(text) > 4095:
+        raise UserInputError(f"DEVICE_ID = {text!r}: must be an integer 0..4095 (the launchers export it)")
+    return int(text)
+
+
+def set_context(cfg: Config) -> str:
+    """Device, execution mode and seed for this process; returns the device ("Ascend" or "CPU")."""
+    target = resolve_device(cfg.train.device_target)
+    if target == "CPU" and cfg.model.compute_dtype != "float32":
+        raise ConfigError(f"model.compute_dtype = {cfg.model.compute_dtype!r}: float16/bfloat16 matmuls need Ascend "
+                          f"and this run is on CPU (train.device_target = {cfg.train.device_target!r}); pass "
+                          f"--set model.compute_dtype=float32")
+    if target == "Ascend":
+        ms.set_device("Ascend", device_id())
+    else:
+        ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE if cfg.train.mode == "graph" else ms.PYNATIVE_MODE)
-    if cfg.model.compute_dtype != "float32":
-        raise ConfigError(f"model.compute_dtype = {cfg.model.compute_dtype!r}: only float32 runs on CPU; "
-                          f"float16/bfloat16 are for Ascend")
     ms.set_seed(cfg.train.seed)
+    return target
 
 
 def prepare_data(cfg: Config):
@@ -64,10 +92,10 @@ def unigram_perplexity(train, valid, vocab: int) -> float:
 
 
 def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
-    loss, lm, aux, loc, load, dropped, local, traffic = (o.asnumpy() for o in outs)
+    loss, lm, aux, loc, load, dropped, local, traffic, scale, skipped = (o.asnumpy() for o in outs)
     return {
         "step": step, "loss": float(loss), "lm_loss": float(lm), "aux_loss": float(aux), "locality_loss": float(loc),
-        "lr": lr, "tokens_per_s": tokens_per_s,
+        "lr": lr, "tokens_per_s": tokens_per_s, "loss_scale": float(scale), "skipped": bool(skipped > 0.5),
         "moe_layers": [{"tokens_per_expert": load[i].astype(int).tolist(), "dropped_share": float(dropped[i]),
                         "local_share": float(local[i]),
                         "bytes_sent": dict(zip(TRAFFIC_KINDS, traffic[i].astype(int).tolist()))}
@@ -105,34 +133,74 @@ def build_rank_model(cfg: Config, placement: Placement, init_from: Path | None =
     return loss_net
 
 
+@dataclass
+class Training:
+    """What this process trains: the loss network, the train step around it, its rows of every global batch and
+    its rank (None in a one-process run). Built the same way by locmoe-train and by the Ascend dry-run compile."""
+    loss_net: nn.Cell
+    step: TrainStep
+    rows: slice
+    rank: int | None
+    world: int
+    label: str
+    shard_meta: dict             # checkpoint metadata naming the shard this process holds
+    inject_overflow: frozenset = frozenset()
+
+    def inputs(self, tokens: np.ndarray, domains: np.ndarray, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The train step's inputs for global batch (tokens, domains) at `step` (counted from 1)."""
+        inject = math.inf if step in self.inject_overflow else 0.0
+        return Tensor(tokens[self.rows]), Tensor(domains[self.rows]), Tensor(inject, ms.float32)
+
+
+def build_training(cfg: Config, init_from: Path | None = None) -> Training:
+    """Collectives, model and train step for cfg.parallel_config.mode: `explicit` (a per-rank model, the exchange
+    over the communicator; one process emulates the cluster with `local`) or `auto` (one full-batch model sharded
+    by MindSpore's auto-parallel from parallel/strategies.py, Ascend only)."""
+    if cfg.parallel_config.mode == "auto":
+        from mindspore.communication import get_group_size, get_rank
+        from locmoe_ms.parallel.auto import build_auto_model
+        from locmoe_ms.parallel.communicator import WorldAllReduce
+
+        loss_net, rows = build_auto_model(cfg, init_from)
+        rank, world = get_rank(), get_group_size()
+        optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
+        step = TrainStep(loss_net, optimizer, cfg.train, world_sum=WorldAllReduce() if world > 1 else None)
+        return Training(loss_net, step, rows, rank, world, f"rank {rank} of {world} (auto-parallel)",
+                        {"rank": rank, "world_size": world}, frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset())
+    placement = build_placement(cfg)
+    loss_net = build_rank_model(cfg, placement, init_from)
+    step = TrainStep(loss_net, build_optimizer(loss_net.trainable_params(), cfg.train), cfg.train, placement)
+    rank, topo = (placement.rank if placement.distributed else None), placement.topology
+    shard = {} if rank is None else {"rank": rank, "world_size": topo.world, "expert_parallel_rank":
+                                     topo.expert_block(rank), "model_parallel_rank": rank % topo.model_parallel}
+    return Training(loss_net, step, placement.batch_rows(cfg.train.batch_size), rank, placement.comm.world,
+                    placement.label, shard, frozenset(cfg.train.inject_overflow_steps) if not rank else frozenset())
+
+
 def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path | None = None) -> dict:
     """Run training to cfg.train.max_steps; returns the final summary (also printed and logged)."""
-    set_context(cfg)
-    placement = build_placement(cfg)
-    print(placement.label, flush=True)
+    device = set_context(cfg)
+    training = build_training(cfg, init_from)
+    print(f"{training.label} on {device}", flush=True)
     output_dir = Path(output_dir)
-    if placement.distributed:
-        output_dir = checkpoint.rank_dir(output_dir, placement.rank)
+    if training.rank is not None:
+        output_dir = checkpoint.rank_dir(output_dir, training.rank)
     ckpt_dir = output_dir / "checkpoints"
     existing = checkpoint.list_checkpoints(ckpt_dir)
     if not resume and existing:
         raise UserInputError(f"--output-dir {output_dir}: holds checkpoints already; pass --resume to continue or "
                              f"choose another directory")
-    splits = prepare_data(cfg)
     if init_from is not None and resume and existing:
         raise UserInputError(f"--init-from {init_from}: --resume continues from {existing[-1]}; pass one of them")
-    loss_net = build_rank_model(cfg, placement, init_from)
-    optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
-    step_cell = TrainStep(loss_net, optimizer, cfg.train.grad_clip, placement)
+    splits = prepare_data(cfg)
+    step_cell, optimizer = training.step, training.step.optimizer
     stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed)
-    rows = placement.batch_rows(cfg.train.batch_size)
     start = 0
     if resume and existing:
         params, meta = checkpoint.load(existing[-1])
-        if meta.get("rank", placement.rank if placement.distributed else None) != \
-                (placement.rank if placement.distributed else None):
+        if meta.get("rank") != training.rank:
             raise UserInputError(f"{existing[-1]}: saved by rank {meta.get('rank', 'of a one-process run')}, "
-                                 f"read by {placement.label}; merge or split it with tools/convert_ckpt.py")
+                                 f"read by {training.label}; merge or split it with tools/convert_ckpt.py")
         checkpoint.restore(step_cell, params, existing[-1])
         stream.restore({"epoch": meta["data_epoch"], "index": meta["data_index"]})
         start = int(meta["step"])
@@ -145,6 +213,7 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
     (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     log = MetricsLog(output_dir / "metrics.jsonl", start if resume else None)
     lrs = learning_rates(cfg.train)
+    updates = int(optimizer.global_step.asnumpy().reshape(-1)[0])  # skipped steps do not advance the schedule
     tokens_per_step = cfg.train.batch_size * cfg.model.seq_length
     progress = Progress(cfg.train.max_steps, cfg.train.log_every, start)
     unigram = unigram_perplexity(splits["train"], splits["valid"], cfg.model.vocab_size)
@@ -152,27 +221,26 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
     for step in range(start + 1, cfg.train.max_steps + 1):
         tokens, domains = stream.next()
         began = time.perf_counter()
-        outs = step_cell(Tensor(tokens[rows]), Tensor(domains[rows]))
+        outs = step_cell(*training.inputs(tokens, domains, step))
         loss = float(outs[0].asnumpy())
         elapsed = time.perf_counter() - began
-        if not math.isfinite(loss):
-            raise RuntimeError(f"loss became {loss} at step {step}")
-        record = _step_record(step, outs, float(lrs[step - 1]), tokens_per_step / elapsed)
-        extra = ""
+        record = _step_record(step, outs, float(lrs[min(updates, len(lrs) - 1)]), tokens_per_step / elapsed)
+        if not record["skipped"]:
+            updates += 1
+            if not math.isfinite(loss):
+                raise RuntimeError(f"loss became {loss} at step {step}")
+        extra = " | overflow: step skipped" if record["skipped"] else ""
         if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
-            valid_ppl = evaluate(loss_net, splits["valid"], cfg, rows)
+            valid_ppl = evaluate(training.loss_net, splits["valid"], cfg, training.rows)
             record["valid_ppl"] = valid_ppl
-            extra = f" | valid ppl {valid_ppl:.1f}"
+            extra += f" | valid ppl {valid_ppl:.1f}"
         log.write(record)
         progress.show(step, loss, record["tokens_per_s"], extra)
         if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
             state = stream.state()
             meta = {"data_epoch": state["epoch"], "data_index": state["index"],
-                    "config_json": json.dumps(cfg.to_dict()), "valid_ppl": record.get("valid_ppl")}
-            if placement.distributed:
-                topo = placement.topology
-                meta.update(rank=placement.rank, world_size=topo.world, expert_parallel_rank=topo.expert_block(
-                    placement.rank), model_parallel_rank=placement.rank % topo.model_parallel)
+                    "config_json": json.dumps(cfg.to_dict()), "valid_ppl": record.get("valid_ppl"),
+                    **training.shard_meta}
             checkpoint.save(step_cell, ckpt_dir, step, meta, cfg.train.keep_checkpoints)
     summary = {"steps": cfg.train.max_steps, "router": cfg.moe_config.router, "valid_ppl": valid_ppl,
                "unigram_valid_ppl": unigram}

@@ -1,9 +1,19 @@
-"""One optimizer step over the loss network: value_and_grad, gradient reduction across ranks, clipping, update."""
+"""One optimizer step over the loss network: value_and_grad, loss scaling, gradient reduction across ranks,
+overflow check, clipping, update.
+
+Loss scaling (train.loss_scale) uses MindSpore's own amp.DynamicLossScaler / StaticLossScaler and amp.all_finite:
+the loss is multiplied by the scale before the backward pass and the gradients divided by it after; a step whose
+gradients are not all finite is skipped (weights and optimizer state untouched) and a dynamic scale backs off;
+after loss_scale_window finite steps it grows. Under explicit expert parallelism the ranks agree on the overflow
+(a world sum of the flags), so one rank overflowing skips the step on every rank. In auto-parallel mode MindSpore
+inserts the gradient collectives itself; the flag is still agreed over the world.
+"""
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import amp, nn, ops
 
+from locmoe_ms.config import TrainConfig
 from locmoe_ms.parallel.layout import is_expert_parameter
 from locmoe_ms.parallel.placement import Placement
 
@@ -43,28 +53,93 @@ class GradientReducer(nn.Cell):
         return ops.sqrt(dense + self.world_sum(expert) / self.copies_per_block)
 
 
-class TrainStep(nn.Cell):
-    """construct(*inputs) -> the loss network's outputs (loss first), after one update of `optimizer`."""
+def build_loss_scaler(train: TrainConfig) -> amp.LossScaler | None:
+    """MindSpore's scaler for train.loss_scale (None for 'none'), its Parameters named for the checkpoint."""
+    if train.loss_scale == "none":
+        return None
+    if train.loss_scale == "fixed":
+        scaler = amp.StaticLossScaler(train.loss_scale_value)
+    else:
+        scaler = amp.DynamicLossScaler(train.loss_scale_value, train.loss_scale_factor, train.loss_scale_window)
+        scaler.counter.name = "loss_scale_counter"
+    scaler.scale_value.name = "loss_scale"
+    return scaler
 
-    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, grad_clip: float = 0.0,
-                 placement: Placement | None = None):
+
+class ScaledLoss(nn.Cell):
+    """The loss network with its first output (the loss) multiplied by `scale`, so gradients come out scaled."""
+
+    def __init__(self, loss_net: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+
+    def construct(self, tokens, domains, scale):
+        outputs = self.loss_net(tokens, domains)
+        return (outputs[0] * scale,) + outputs[1:]
+
+
+class TrainStep(nn.Cell):
+    """construct(tokens, domains[, inject]) -> the loss network's outputs (loss first) + (loss scale, skipped).
+
+    `inject` is a float32 scalar added to one gradient after the backward pass (0, or inf for
+    train.inject_overflow_steps): an overflow that goes through the real detection and skip path.
+    `placement` is None in auto-parallel mode (MindSpore reduces gradients) or a Placement (explicit mode)."""
+
+    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, train: TrainConfig,
+                 placement: Placement | None = None, world_sum: nn.Cell | None = None):
         super().__init__(auto_prefix=False)  # keep parameter names as the loss network has them
         self.loss_net = loss_net
         self.optimizer = optimizer
-        self.grad_clip = grad_clip
-        self.value_and_grad = ms.value_and_grad(loss_net, None, optimizer.parameters, has_aux=True)
+        self.grad_clip = train.grad_clip
         self.distributed = placement is not None and placement.distributed
-        self.reducer = GradientReducer(list(optimizer.parameters), placement) if self.distributed else None
+        params = list(optimizer.parameters)
+        self.reducer = GradientReducer(params, placement) if self.distributed else None
+        self.scaler = build_loss_scaler(train)
+        self.scaled = self.scaler is not None
+        self.dynamic = train.loss_scale == "dynamic"
+        if self.scaled:
+            self.loss_scale = self.scaler.scale_value      # registered here, so checkpoints hold the scaler
+            if self.dynamic:
+                self.loss_scale_counter = self.scaler.counter
+            self.value_and_grad = ms.value_and_grad(ScaledLoss(loss_net), None, optimizer.parameters, has_aux=True)
+        else:
+            self.value_and_grad = ms.value_and_grad(loss_net, None, optimizer.parameters, has_aux=True)
+        # the ranks agree on an overflow: a world sum of the flags (identity in one process)
+        self.overflow_sum = self.reducer.world_sum if self.distributed else world_sum
+        # injected overflows go into the smallest gradient: cheap, and after the reduction, so only this rank has it
+        self.inject_index = min(range(len(params)), key=lambda i: params[i].size)
 
-    def construct(self, *inputs):
-        outputs, grads = self.value_and_grad(*inputs)
+    def construct(self, tokens, domains, inject=None):
+        if self.scaled:
+            outputs, grads = self.value_and_grad(tokens, domains, self.loss_scale)
+        else:
+            outputs, grads = self.value_and_grad(tokens, domains)
         if self.distributed:
             grads = self.reducer(grads)
-            if self.grad_clip > 0:
-                norm = self.reducer.global_norm(grads)
-                factor = self.grad_clip / ops.maximum(norm, self.grad_clip)
-                grads = tuple(g * factor for g in grads)
-        elif self.grad_clip > 0:
-            grads = ops.clip_by_global_norm(grads, self.grad_clip)
-        self.optimizer(grads)
-        return outputs
+        skipped = ops.zeros((), ms.float32)
+        scale = ops.ones((), ms.float32)
+        if self.scaled:
+            scale = self.loss_scale * 1.0
+            outputs = (outputs[0] / scale,) + outputs[1:]
+            grads = self.scaler.unscale(grads)
+            if inject is not None:
+                i = self.inject_index
+                grads = grads[:i] + (grads[i] + inject,) + grads[i + 1:]
+            skipped = 1.0 - amp.all_finite(grads).astype(ms.float32)
+            if self.overflow_sum is not None:
+                skipped = ops.minimum(self.overflow_sum(skipped), 1.0)
+        grads = self._clip(grads)
+        if skipped < 0.5:
+            outputs = ops.depend(outputs, self.optimizer(grads))
+        if self.dynamic:
+            self.scaler.adjust(skipped < 0.5)
+        return outputs + (scale, skipped)
+
+    def _clip(self, grads):
+        if self.grad_clip <= 0:
+            return grads
+        if self.distributed:
+            norm = self.reducer.global_norm(grads)
+            factor = self.grad_clip / ops.maximum(norm, self.grad_clip)
+            return tuple(g * factor for g in grads)
+        return ops.clip_by_global_norm(grads, self.grad_clip)
