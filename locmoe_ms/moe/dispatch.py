@@ -1,9 +1,14 @@
-"""Capacity slots, dispatch and combine with index scatter/gather (no one-hot [T, E, C] einsum).
+"""Capacity slots, dispatch and combine per token group with index gathers (no one-hot [T, E, C] float einsum).
 
 Slots are per (token group, expert): each token group (a data-parallel rank's tokens) fills `capacity` slots of
-every expert in token order, as a rank does on a cluster. Slot s = e*(G*C) + g*C + position, so the dispatched
-buffer reshapes straight to [E, G*C, h] for the batched expert matmul. Tokens past capacity go to one dummy slot
-whose output is zero: the residual connection carries them.
+every expert in token order, as a rank does on a cluster. `assign` numbers slots globally, s = e*(G*C) + g*C +
+position, so the dispatched buffer reshapes straight to [E, G*C, h] for the batched expert matmul. Tokens past
+capacity go to one dummy slot whose output is zero: the residual connection carries them.
+
+Dispatch and combine work per token group, batched over G ([G, tokens per group, ...]): every op keeps G as its
+leading axis, which is how MindSpore auto-parallel can split them over data-parallel ranks (parallel/strategies.py,
+"dispatch" and "combine"); a global ScatterNd has no sharded implementation in MindSpore 2.10. Both are gathers
+(GatherD), so values and gradients are moved, never summed: results equal the scatter form bit for bit.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ class Dispatcher(nn.Cell):
         self.groups = groups
         self.capacity = capacity
         self.slots = experts * groups * capacity
+        self.group_slots = experts * capacity
         self.group_offset = Tensor(np.arange(groups, dtype=np.int32).reshape(groups, 1) * capacity)
+        self.slot_ids = Tensor(np.arange(self.group_slots, dtype=np.int32).reshape(1, self.group_slots, 1))
 
     def assign(self, index: Tensor):
         """Expert index [T] -> slot [T] int32 (dummy slot for dropped tokens), kept [T] f32, load [E] f32."""
@@ -31,14 +38,38 @@ class Dispatcher(nn.Cell):
         slot = ops.where(kept, slot, ops.full_like(slot, self.slots))
         return slot.reshape(-1), kept.reshape(-1).astype(ms.float32), onehot.sum(axis=(0, 1))
 
+    def group_slot(self, slot: Tensor) -> Tensor:
+        """Global slot [T] -> slot inside the token group's [E*C] buffer, [G, t] (the dummy slot -> E*C)."""
+        group_capacity = self.groups * self.capacity
+        local = (slot // group_capacity) * self.capacity + slot % self.capacity
+        return local.reshape(self.groups, -1)
+
     def dispatch(self, x: Tensor, slot: Tensor) -> Tensor:
         """[T, h] -> [E, G*C, h]; empty slots are zero."""
         hidden = x.shape[-1]
-        buffer = ops.scatter_nd(slot.reshape(-1, 1), x, (self.slots + 1, hidden))
-        return buffer[: self.slots].reshape(self.experts, self.groups * self.capacity, hidden)
+        local = self.group_slot(slot)                                               # [G, t]
+        per_group = local.shape[1]
+        # token of every slot of the group (per_group, the zero row, where the slot is empty)
+        match = ops.equal(local.reshape(self.groups, 1, per_group), self.slot_ids)   # [G, E*C, t]
+        token_ids = ops.arange(1, per_group + 1, dtype=ms.int32).reshape(1, 1, per_group)
+        token = (match.astype(ms.int32) * token_ids).sum(axis=-1) - 1               # [G, E*C], -1: empty
+        token = ops.where(token < 0, ops.full_like(token, per_group), token)
+        padded = ops.concat((x.reshape(self.groups, per_group, hidden),
+                             ops.zeros((self.groups, 1, hidden), x.dtype)), axis=1)  # [G, t+1, h]
+        index = ops.broadcast_to(token.reshape(self.groups, self.group_slots, 1),
+                                 (self.groups, self.group_slots, hidden))
+        buffer = ops.gather_elements(padded, 1, index)                              # [G, E*C, h]
+        buffer = buffer.reshape(self.groups, self.experts, self.capacity, hidden).transpose(1, 0, 2, 3)
+        return buffer.reshape(self.experts, self.groups * self.capacity, hidden)
 
     def combine(self, expert_out: Tensor, slot: Tensor, weight: Tensor) -> Tensor:
         """[E, G*C, h] -> [T, h], each token's slot scaled by its router score; dropped tokens get zero."""
         hidden = expert_out.shape[-1]
-        flat = ops.concat((expert_out.reshape(self.slots, hidden), ops.zeros((1, hidden), expert_out.dtype)), axis=0)
-        return ops.gather(flat, slot, 0) * weight.reshape(-1, 1)
+        local = self.group_slot(slot)                                               # [G, t]
+        per_group = local.shape[1]
+        grouped = expert_out.reshape(self.experts, self.groups, self.capacity, hidden).transpose(1, 0, 2, 3)
+        grouped = ops.concat((grouped.reshape(self.groups, self.group_slots, hidden),
+                              ops.zeros((self.groups, 1, hidden), expert_out.dtype)), axis=1)  # [G, E*C+1, h]
+        index = ops.broadcast_to(local.reshape(self.groups, per_group, 1), (self.groups, per_group, hidden))
+        out = ops.gather_elements(grouped, 1, index).reshape(self.groups * per_group, hidden)
+        return out * weight.reshape(-1, 1)
