@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locmoe_ms.cluster.rank_table import (check_ipv4, device_ips, host_ip, output_path, select_devices,  # noqa: E402
-                                          server_table, table_file_name, write_table)
+from locmoe_ms.cluster.rank_table import (local_table, output_path, select_devices, table_file_name,  # noqa: E402
+                                          write_table)
 from locmoe_ms.errors import ArgumentParser, exits_on_bad_input  # noqa: E402
 
 
@@ -30,11 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="directory for the table (default: the current one)")
     args = parser.parse_args(argv)
     devices = select_devices(args.device_num, args.visible_devices)
-    server_ip = host_ip() if args.server_ip is None else check_ipv4(args.server_ip, "--server_ip")
-    table = server_table(server_ip, device_ips(devices, args.hccn_conf))
+    table = local_table(devices, args.server_ip, args.hccn_conf, "--server_ip")
     path = output_path(args.output, table_file_name(table), file_allowed=False)
     write_table(table, path, [Path(args.hccn_conf)] if args.hccn_conf else [])
-    print(f"wrote {path}: server {server_ip}, devices {','.join(map(str, devices))}")
+    print(f"wrote {path}: server {table['server_list'][0]['server_id']}, devices {','.join(map(str, devices))}")
     return 0
 
 

@@ -203,6 +203,12 @@ def server_table(server_ip: str, ips: dict[int, str]) -> dict:
     return assemble_table([{"server_id": server_ip, "device": devices, "host_nic_ip": HOST_NIC_IP}])
 
 
+def local_table(devices: list[int], server_ip: str | None, hccn_conf: str | None, ip_option: str) -> dict:
+    """This server's table: `server_ip` (checked; default host_ip()) and the NIC IPs of `devices` (device_ips)."""
+    address = host_ip() if server_ip is None else check_ipv4(server_ip, ip_option)
+    return server_table(address, device_ips(devices, hccn_conf))
+
+
 def table_file_name(table: dict) -> str:
     """hccl_8p_01234567_10.155.111.140.json for one server, hccl_2s_16p.json for several."""
     servers, devices = table_size(table)
