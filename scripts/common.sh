@@ -5,8 +5,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)  # the checkout these scri
 PYTHON=${PYTHON:-python3}                               # the interpreter that has MindSpore
 CLUSTER_TIME_OUT=${CLUSTER_TIME_OUT:-300}               # msrun: seconds to wait for all workers to join
 DRY_RUN=0
-# Ranks import locmoe_ms from this checkout, installed or not (CANN's set_env.sh entries stay after it).
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# Ranks import locmoe_ms from this checkout, installed or not (CANN's set_env.sh entries stay after it); once, when
+# one script runs another.
+[[ ${PYTHONPATH:-} == "$ROOT" || ${PYTHONPATH:-} == "$ROOT:"* ]] || export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # One line on stderr, exit code 2 (bad input).
 die() {

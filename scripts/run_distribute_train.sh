@@ -18,8 +18,9 @@
 #
 # Rank RANK_START+i runs in DIR/train_parallel{rank}/ with its output there and its stdout and stderr appended to
 # DIR/train_parallel{rank}/log; it gets RANK_TABLE_FILE (absolute), RANK_SIZE (the table's devices), RANK_ID and
-# DEVICE_ID (the table's device_id of that rank: i when the server lists devices 0..7). Exit code 0 when every
-# rank succeeded, 1 when one failed, 2 on bad arguments. Environment: PYTHON (default python3).
+# DEVICE_ID (the table's device_id of that rank: i when the server lists devices 0..7), and runs with
+# `--set parallel_config.communicator=hccl --set train.device_target=ascend`. Exit code 0 when every rank
+# succeeded, 1 when one failed, 2 on bad arguments. Environment: PYTHON (default python3).
 set -euo pipefail
 # shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/common.sh"
@@ -74,7 +75,7 @@ for line in "${local_ranks[@]}"; do
     dir=$out_root/train_parallel$rank
     RANK_ENV=("PYTHONPATH=$PYTHONPATH" "RANK_TABLE_FILE=$table" "RANK_SIZE=$size" "RANK_ID=$rank" "DEVICE_ID=$device")
     CMD=("$PYTHON" -m locmoe_ms.cli --config "$config" "${extra[@]}" --output-dir "$dir"
-         --set parallel_config.communicator=hccl)
+         --set parallel_config.communicator=hccl --set train.device_target=ascend)
     if ((DRY_RUN)); then
         show_rank "$rank" "$dir" "$dir/log"
         continue

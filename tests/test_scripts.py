@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 TOOLS = ROOT / "tools"
 CLI = str(ROOT / "locmoe_ms" / "cli.py")
-LAUNCHERS = ["run_standalone_train.sh", "run_distribute_train.sh", "run_msrun_train.sh", "run_cpu_distributed.sh"]
+LAUNCHERS = ["run_standalone_train.sh", "run_distribute_train.sh", "run_msrun_train.sh", "run_cpu_distributed.sh",
+             "run_cluster_train.sh"]
 SERVERS = ["10.155.111.140", "10.155.111.141"]
 HCCL = ["--set", "parallel_config.communicator=hccl"]
+ASCEND = [*HCCL, "--set", "train.device_target=ascend"]  # run_distribute_train.sh's ranks
 
 # A rank's stand-in: `PYTHON -m locmoe_ms.cli ...` records its directory, arguments and environment in
 # $RECORDS/rank_$RANK_ID.json, prints one line and exits 3 if its rank is in $FAIL_RANKS, else 0; any other use of
@@ -215,7 +217,7 @@ def test_distribute_dry_run_second_server(tmp_path, files, records):
                                 "DEVICE_ID": str(rank - 8)}
         assert (entry["cwd"], entry["log"]) == (rank_dir, f"{rank_dir}/log")
         assert entry["cmd"] == [str(files["bin"] / "python"), "-m", "locmoe_ms.cli", "--config", str(files["cfg"]),
-                                "--max-steps", "3", "--output-dir", rank_dir, *HCCL]
+                                "--max-steps", "3", "--output-dir", rank_dir, *ASCEND]
 
 
 def test_distribute_dry_run_defaults_and_subsets(tmp_path, files, records):
@@ -307,7 +309,7 @@ def test_distribute_starts_every_rank_waits_and_reports_failures(tmp_path, files
         rank_dir = tmp_path / "out" / f"train_parallel{rank}"
         assert record["cwd"] == str(rank_dir)
         assert record["argv"] == ["--config", str(files["cfg"]), "--max-steps", "3", "--output-dir", str(rank_dir),
-                                  *HCCL]
+                                  *ASCEND]
         assert record["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
         assert {k: record["env"][k] for k in ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "DEVICE_ID")} == {
             "RANK_TABLE_FILE": str(files["table"]), "RANK_SIZE": "16", "RANK_ID": str(rank),
