@@ -156,14 +156,17 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     plan = shard_plan(net)
     planned = {name: t for entry in plan.cells for name, t in entry.parameters.items()}
     assert set(planned) | set(plan.other_parameters) == set(names)
+    # left to sharding propagation: the embeddings, the router gate and the attention output projection
+    # (context.CELL_OPS says why), each still with a layout rule
+    left = {n for n in names if n.endswith((".router.gate.bias", ".attention.out.weight", ".attention.out.bias"))}
     assert set(plan.other_parameters) == {"network.word_embedding", "network.position_embedding",
-                                          "network.top_query_embedding"}
+                                          "network.top_query_embedding"} | left
     assert all(t is not None for t in list(planned.values()) + list(plan.other_parameters.values()))
     ops = {entry.path: entry.op for entry in plan.cells}
     assert ops["network.blocks.1.moe.experts"] == "experts.w_in"
     assert ops["network.query_layer.attention.query"] == "query_layer.query"
     assert ops["network.blocks.0.attention.query"] == "attention.query"
-    assert ops["network.blocks.3.moe.router.gate"] == "gate" and ops["network.final_norm"] == "head.layernorm"
+    assert "network.blocks.3.moe.router.gate" not in ops and ops["network.final_norm"] == "head.layernorm"
     assert plan.primitives == []  # the cells own no primitives today
     assert st.parameter_mismatches(names) == []
     expert = st.parameter_split_of(planned["network.blocks.1.moe.experts.w_in"])

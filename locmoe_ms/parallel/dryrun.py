@@ -1,0 +1,223 @@
+"""Evidence from an Ascend dry-run compile (tools/ascend_dryrun.py): collectives in the IR, parameter layouts.
+
+A dry-run compile (stand-in CANN libraries, MS_SIMULATION_LEVEL=0) runs MindSpore's parallel passes up to
+`step_parallel` for one rank of a virtual cluster; nothing executes. What it leaves behind is read here:
+- the `step_parallel_end` IR: every AllGather / AlltoAll / AllReduce / ReduceScatter MindSpore inserted or the
+  model asked for, with its group's ranks and the cell scope it belongs to (`parse_collectives`);
+- `parameter_layout_dict` (auto mode): each parameter's device matrix, tensor map and slice shape, compared with
+  parallel/layout.py's splits and Topology's rank order (`layout_problems`);
+- the expected communication of the exchange (`expert_exchange_problems`) and the redistributions
+  parallel/strategies.py does not list (`unlisted_redistributions`).
+Pure Python: no MindSpore import, so tests can check saved results cheaply.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from locmoe_ms.parallel.layout import parameter_split
+from locmoe_ms.parallel.strategies import ParallelSizes
+from locmoe_ms.parallel.topology import Topology
+
+COLLECTIVES = ("AllGather", "AlltoAll", "AlltoAllV", "AllReduce", "ReduceScatter", "_MirrorOperator")
+_NODE = re.compile(r"=\s*(" + "|".join(COLLECTIVES) + r")\((.*)$")
+_ATTR = re.compile(r'(\w+): ("[^"]*"|I64\(-?\d+\)|Bool\(\d\))')
+_SCOPE = re.compile(r"# (?:Fullname with scope|Scope): \((.*)\)")
+_SHAPE = re.compile(r":\s*\(<[^>]*?,\s*\(([\d, ]*)\)")
+OPTIMIZER_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "accu_grads.")
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One collective node of the IR."""
+    op: str                    # AllGather, AlltoAll, AllReduce, ReduceScatter, _MirrorOperator (gradient AllReduce)
+    group: str                 # MindSpore's group name (created groups keep theirs, e.g. locmoe_1_3_5_7)
+    ranks: tuple[int, ...]     # world ranks of the group; () for the world group
+    scope: str                 # cell scope, e.g. Default/loss_net-.../1-SparseBlock/moe-MoELayer/...
+    kind: str                  # redistribution (inserted by MindSpore), forward_op (row-parallel sum), mirror, model
+    shape: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def gradient(self) -> bool:
+        return "Gradients" in self.scope or self.kind == "mirror"
+
+
+def find_ir(ir_dir: str | Path, stages: Sequence[str] = ("step_parallel_end", "validate")) -> Path | None:
+    """The IR file of the first stage MindSpore wrote under ir_dir (MS_DEV_SAVE_GRAPHS_PATH), or None: the
+    parallel passes' `step_parallel_end` under auto-parallel, `validate` in a stand-alone (explicit mode) graph."""
+    for stage in stages:
+        files = sorted(Path(ir_dir).rglob(f"*{stage}*.ir"))
+        if files:
+            return files[0]
+    return None
+
+
+def _ranks(text: str, group: str, world: int | None) -> tuple[int, ...]:
+    """Ranks of a group: MindSpore's group_ranks attribute, or a created group's name (locmoe_1_3_5_7)."""
+    if not text and group.startswith("locmoe_"):
+        return tuple(int(r) for r in group[len("locmoe_"):].split("_"))
+    if text in ("", "WORLD_GROUP"):
+        return tuple(range(world)) if world else ()
+    return tuple(int(r) for r in text.split("-"))
+
+
+def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective]:
+    """Every collective node of an IR dump, in order. `world` fills in the ranks of the world group."""
+    found: list[Collective] = []
+    lines = ir_text.splitlines()
+    for i, line in enumerate(lines):
+        match = _NODE.search(line)
+        if not match:
+            continue
+        attrs = {k: v.strip('"') for k, v in _ATTR.findall(line)}
+        instance = re.search(r"instance name: ([^}]*)}", line)
+        name = instance.group(1) if instance else ""
+        kind = ("mirror" if match.group(1) == "_MirrorOperator" else "redistribution" if "redistribution" in name
+                else "forward_op" if name.startswith("forward_op") else "model")
+        scope, shape = "", ()
+        for follow in lines[i + 1:i + 4]:
+            shape_match = _SHAPE.search(follow)
+            if shape_match and not shape:
+                shape = tuple(int(d) for d in shape_match.group(1).replace(" ", "").split(",") if d)
+            scope_match = _SCOPE.search(follow)
+            if scope_match:
+                scope = scope_match.group(1)
+                break
+        group = attrs.get("group", "")
+        found.append(Collective(match.group(1), group, _ranks(attrs.get("group_ranks", ""), group, world), scope, kind,
+                                shape))
+    return found
+
+
+def summarize(collectives: Iterable[Collective]) -> list[tuple[str, str, tuple[int, ...], str, int]]:
+    """(op, group, ranks, kind, count), one row per distinct collective, most frequent first."""
+    counts: dict[tuple, int] = {}
+    for c in collectives:
+        key = (c.op, c.group, c.ranks, c.kind)
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(((*k, n) for k, n in counts.items()), key=lambda row: (-row[4], row[0]))
+
+
+# ------------------------------------------------------------------ parameter layouts (auto mode)
+
+def model_parameter(name: str) -> str:
+    """An optimizer moment's parameter name (adam_m.x -> x); other names unchanged."""
+    for prefix in OPTIMIZER_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def shard_index(device_matrix: Sequence[int], tensor_map_entry, rank: int) -> int:
+    """Which shard of one tensor dimension `rank` holds: MindSpore numbers the device matrix row-major and a
+    tensor-map value d names device-matrix axis len(matrix) - 1 - d (-1: not split)."""
+    entries = tensor_map_entry if isinstance(tensor_map_entry, (list, tuple)) else (tensor_map_entry,)
+    coords, rest = [], rank % max(1, _product(device_matrix))
+    for size in reversed(device_matrix):
+        coords.append(rest % size)
+        rest //= size
+    coords.reverse()
+    index = 0
+    for d in entries:
+        if d == -1:
+            continue
+        axis = len(device_matrix) - 1 - d
+        index = index * device_matrix[axis] + coords[axis]
+    return index
+
+
+def _product(values: Iterable[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def expected_slice(name: str, shape: Sequence[int], sizes: ParallelSizes) -> tuple[int, ...]:
+    """The slice of a parameter (or its optimizer moment) one device holds under parallel/layout.py's split."""
+    split = parameter_split(model_parameter(name))
+    out = list(shape)
+    if split.expert_axis is not None:
+        out[split.expert_axis] //= sizes.ep
+    if split.model_axis is not None:
+        out[split.model_axis] //= sizes.mp
+    return tuple(out)
+
+
+def layout_problems(layouts: Mapping[str, Sequence], shapes: Mapping[str, Sequence[int]], sizes: ParallelSizes,
+                    topology: Topology, rank: int) -> list[str]:
+    """Parameters whose MindSpore layout differs from parallel/layout.py's split, or whose expert / tensor-parallel
+    shard on `rank` is not the one Topology places there. `layouts`: name -> (device_matrix, tensor_map,
+    slice_shape, ...) from parameter_layout_dict; `shapes`: full shape of every model parameter."""
+    problems = []
+    for name, shape in shapes.items():
+        names = [name] + [p + name for p in ("adam_m.", "adam_v.") if p + name in layouts]
+        for key in names:
+            if key not in layouts:
+                problems.append(f"{key}: no layout (replicated everywhere?), layout.py expects slice "
+                                f"{expected_slice(key, shape, sizes)} of {tuple(shape)}")
+                continue
+            matrix, tensor_map, slice_shape = (list(v) for v in layouts[key][:3])
+            want = expected_slice(key, shape, sizes)
+            if tuple(slice_shape) != want:
+                problems.append(f"{key}: slice {tuple(slice_shape)} of {tuple(shape)}, layout.py expects {want}")
+                continue
+            split = parameter_split(name)
+            for axis, blocks, expect in ((split.expert_axis, sizes.ep, topology.expert_block(rank)),
+                                         (split.model_axis, sizes.mp, rank % sizes.mp)):
+                if axis is None or blocks == 1:
+                    continue
+                got = shard_index(matrix, tensor_map[axis], rank)
+                if got != expect:
+                    problems.append(f"{key}: rank {rank} holds shard {got} of axis {axis}, topology places "
+                                    f"shard {expect} there")
+    return problems
+
+
+# ------------------------------------------------------------------ communication checks
+
+def in_moe(scope: str) -> bool:
+    return "moe-MoELayer" in scope
+
+
+def expert_exchange_problems(collectives: Sequence[Collective], topology: Topology, rank: int,
+                             groupwise: bool) -> list[str]:
+    """The expert exchange is an AlltoAll over rank's expert-parallel group; the group-wise exchange adds an
+    AllGather inside its tensor-parallel group. Both must appear (inside the MoE layer)."""
+    problems = []
+    ep_group, tp_group = topology.expert_group(rank), topology.tensor_group(rank)
+    if len(ep_group) > 1 and not any(c.op == "AlltoAll" and c.ranks == ep_group and in_moe(c.scope)
+                                     for c in collectives):
+        problems.append(f"no AlltoAll over the expert-parallel group {ep_group} in the MoE layer")
+    if groupwise and len(tp_group) > 1 and not any(c.op == "AllGather" and c.ranks == tp_group and in_moe(c.scope)
+                                                   for c in collectives):
+        problems.append(f"no AllGather over the tensor-parallel group {tp_group} in the MoE layer")
+    return problems
+
+
+def intended_groups(topology: Topology, rank: int) -> dict[str, set[tuple[int, ...]]]:
+    """Groups on which parallel/strategies.py plans communication, per collective: the exchange (AlltoAll over
+    ep, AllGather over mp), row-parallel matmuls (AllReduce over mp), global-batch sums (AllReduce over dp)."""
+    tp, ep, dp = topology.tensor_group(rank), topology.expert_group(rank), topology.data_group(rank)
+    return {"AlltoAll": {ep}, "AllGather": {tp}, "AllReduce": {tp, dp}, "ReduceScatter": set()}
+
+
+def unlisted_redistributions(collectives: Sequence[Collective], topology: Topology,
+                             rank: int) -> list[Collective]:
+    """Forward-pass redistributions MindSpore inserted that the strategy table does not plan: anything but the
+    exchange's AlltoAll (ep) / AllGather (mp) inside the MoE layer and row-parallel / global sums (AllReduce).
+    Gradient mirrors and backward-pass collectives (the adjoints of forward ones) are not counted."""
+    intended = intended_groups(topology, rank)
+    out = []
+    for c in collectives:
+        if c.gradient or c.op not in intended:
+            continue
+        planned = c.ranks in intended[c.op] and (c.op == "AllReduce" or in_moe(c.scope))
+        if not planned:
+            out.append(c)
+    return out
