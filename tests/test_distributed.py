@@ -132,7 +132,7 @@ model: {hidden_size: 32, num_heads: 2, ffn_hidden_size: 64, vocab_size: 257, seq
 moe_config: {expert_num: 4, router: locmoe, capacity_factor: 1.0, locality_loss_factor: 0.1}
 parallel_config: {nodes: 2, devices_per_node: 2, data_parallel: 4, model_parallel: 1, expert_parallel: 2}
 train: {batch_size: 4, warmup_steps: 0, max_steps: 4, log_every: 1, eval_every: 4, eval_batches: 2, save_every: 4,
-        learning_rate: 0.003}
+        learning_rate: 0.003, loss_scale: dynamic, loss_scale_window: 1, inject_overflow_steps: [2]}
 data: {corpus: wiki_en, tokenizer: byte, max_documents: 300}
 """
 
@@ -172,12 +172,17 @@ def training_runs(tmp_path_factory):
 
 def test_data_and_expert_parallel_training_equals_one_process(training_runs):
     """4 ranks (data parallel 4, expert parallel 2: every expert block on two ranks) train 4 steps with the same
-    per-step losses, statistics and validation perplexity as one process on the same global batches."""
+    per-step losses, statistics and validation perplexity as one process on the same global batches. Rank 0
+    alone injects an overflow at step 2 (after the gradient reduction): every rank skips that step, as one
+    process does, and the dynamic scale (window 1) doubles, halves and doubles on every rank alike."""
     tmp, _ = training_runs
     expected = _records(tmp / "one" / "metrics.jsonl")
+    assert [(e["skipped"], e["loss_scale"]) for e in expected] == \
+        [(False, 65536.0), (True, 131072.0), (False, 65536.0), (False, 131072.0)]
     for rank in range(4):
         got = _records(tmp / "four" / f"rank_{rank}" / "metrics.jsonl")
         assert [g["step"] for g in got] == [1, 2, 3, 4]
+        assert [(g["skipped"], g["loss_scale"]) for g in got] == [(e["skipped"], e["loss_scale"]) for e in expected]
         for g, e in zip(got, expected):
             for key in ("loss", "lm_loss", "aux_loss", "locality_loss"):
                 assert g[key] == pytest.approx(e[key], rel=1e-5, abs=1e-6), (rank, g["step"], key)

@@ -27,6 +27,11 @@ def is_model_parameter(name: str) -> bool:
     return name.startswith(MODEL_PREFIX)
 
 
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray alone makes a 0-d array, the loss scale, 1-d)."""
+    return np.ascontiguousarray(array).reshape(array.shape)
+
+
 def read(path: str | Path) -> tuple[Params, dict]:
     """(parameters as NumPy arrays, metadata); a missing, corrupted or foreign file is a one-line error."""
     params, meta = checkpoint.load(path, format_of(Path(path)))
@@ -37,7 +42,7 @@ def write(path: str | Path, params: Params, meta: dict) -> Path:
     """Save atomically (checkpoint.atomic_save); the format follows the suffix."""
     path = Path(path)
     fmt = format_of(path)
-    entries = {name: Parameter(Tensor.from_numpy(np.ascontiguousarray(a)), name=name) for name, a in params.items()}
+    entries = {name: Parameter(Tensor.from_numpy(contiguous(a)), name=name) for name, a in params.items()}
     append = {}
     for key, value in meta.items():
         if value is None:

@@ -50,7 +50,7 @@ def take(name: str, array: np.ndarray, block: int, blocks: int, t: int, tp: int)
     axis = parameter_split(name).model_axis
     if axis is not None and tp > 1:
         array = np.split(array, tp, axis=axis)[t]
-    return np.ascontiguousarray(array)
+    return io.contiguous(array)
 
 
 def _join_tensor_slices(pieces: list[np.ndarray], split: ParamSplit) -> np.ndarray:

@@ -77,7 +77,7 @@ def upcycle(path: Path, experts: int, router: str, sparse_layers: list[int] | No
             value = np.broadcast_to(value.reshape(init.shape[1:]), init.shape)
         if value.shape != init.shape:
             raise UserInputError(f"{path}: {source} has shape {value.shape}; {name} needs {init.shape}")
-        out[name] = np.ascontiguousarray(value)
+        out[name] = io.contiguous(value)
         used.add(source)
     unused = sorted(n for n in params if io.is_model_parameter(n) and n not in used)
     if unused:
