@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from locmoe_ms.moe.gates import GrAPGate, grap_weight
+from locmoe_ms.moe.gates import DenseGate, GrAPGate, grap_weight
 from tests.reference import grap_weight_reference
 
 
@@ -30,3 +30,13 @@ def test_grap_gate_equals_numpy(experts, hidden):
 def test_grap_rejects_fewer_features_than_experts():
     with pytest.raises(ValueError, match="hidden"):
         grap_weight(8, 4)
+
+
+def test_switch_gate_is_a_bias_free_linear_map():
+    """Switch Transformer's router logits are W_r x: one [h, n] weight, no bias (the paper's definition)."""
+    gate = DenseGate(16, 4, 0.5)
+    assert [p.name for p in gate.get_parameters()] == ["weight"]
+    x = np.random.default_rng(1).normal(0, 1, (9, 16)).astype(np.float32)
+    logits, order = gate(Tensor(x))
+    np.testing.assert_allclose(logits.asnumpy(), x @ gate.weight.asnumpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(order.asnumpy(), logits.asnumpy())

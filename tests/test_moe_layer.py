@@ -17,7 +17,7 @@ def _layer_with_random_weights(router: str, hidden: int, rng):
     cfg = small_config(router, model={"hidden_size": hidden}, moe_config={"min_capacity": TOKENS})
     layer = MoELayer(cfg, Placement(Topology.from_config(cfg)), TOKENS)
     experts = layer.experts
-    for p in (experts.w_in, experts.b_in, experts.w_out, experts.b_out, layer.router.gate.bias):
+    for p in (experts.w_in, experts.b_in, experts.w_out, experts.b_out, *_gate_bias(layer)):
         p.set_data(Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))
     if router == "switch":
         gate_w = rng.normal(0, 0.3, layer.router.gate.weight.shape).astype(np.float32)
@@ -26,6 +26,11 @@ def _layer_with_random_weights(router: str, hidden: int, rng):
     else:
         gate_w = layer.router.gate.weight_t.asnumpy().T
     return layer, gate_w
+
+
+def _gate_bias(layer) -> list:
+    """GrAP's learnable bias; Switch's gate has none."""
+    return [layer.router.gate.bias] if hasattr(layer.router.gate, "bias") else []
 
 
 @pytest.mark.parametrize("router,hidden", [("locmoe", 32), ("locmoe", 30), ("switch", 32)])
@@ -38,8 +43,8 @@ def test_layer_equals_per_token_loop(router, hidden):
     ids = Tensor(rng.integers(0, 200, TOKENS).astype(np.int32))
     domains = Tensor(np.zeros(TOKENS, np.int32))
     e = layer.experts
-    params = [e.w_in, e.b_in, e.w_out, e.b_out, layer.router.gate.bias]
-    names = ["w_in", "b_in", "w_out", "b_out", "gate_b"]
+    params = [e.w_in, e.b_in, e.w_out, e.b_out, *_gate_bias(layer)]
+    names = ["w_in", "b_in", "w_out", "b_out", "gate_b"][:len(params)]
     if router == "switch":
         params.append(layer.router.gate.weight)
         names.append("gate_w")
@@ -50,8 +55,9 @@ def test_layer_equals_per_token_loop(router, hidden):
     (grad_x, grad_params) = ms.grad(objective, grad_position=0, weights=params)(Tensor(x))
     y = layer(Tensor(x), ids, domains)[0].asnumpy()
 
-    y_ref, ref = moe_per_token(x.astype(np.float64), gate_w.astype(np.float64), *[
-        p.asnumpy().astype(np.float64) for p in (layer.router.gate.bias, e.w_in, e.b_in, e.w_out, e.b_out)],
+    gate_b = _gate_bias(layer)[0].asnumpy() if _gate_bias(layer) else np.zeros(gate_w.shape[0])
+    y_ref, ref = moe_per_token(x.astype(np.float64), gate_w.astype(np.float64), gate_b.astype(np.float64), *[
+        p.asnumpy().astype(np.float64) for p in (e.w_in, e.b_in, e.w_out, e.b_out)],
         relu_gate=(router == "locmoe"), upstream=upstream.astype(np.float64))
     np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(grad_x.asnumpy(), ref["x"], atol=1e-5, rtol=1e-5)

@@ -50,13 +50,12 @@ class GrAPGate(nn.Cell):
 
 
 class DenseGate(nn.Cell):
-    """G = W x + b with W learnable (Switch Transformer's gate)."""
+    """G = W x with W learnable and no bias: Switch Transformer's router (Fedus et al. 2021, h(x) = W_r x)."""
 
     def __init__(self, hidden: int, experts: int, init_std: float = 0.02):
         super().__init__()
         self.weight = Parameter(initializer(Normal(init_std), (hidden, experts)), name="weight")
-        self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
 
     def construct(self, x: Tensor):
-        logits = ops.matmul(x, self.weight) + self.bias
+        logits = ops.matmul(x, self.weight)
         return logits, logits

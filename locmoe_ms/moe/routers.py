@@ -21,7 +21,8 @@ from locmoe_ms.parallel.placement import Placement
 
 
 def top1(probs: Tensor, order: Tensor) -> Tensor:
-    """argmax of probs; among experts tied at the maximum, the one with the largest `order` (int32 [T])."""
+    """argmax of probs; among experts tied at the maximum, the one with the largest `order` (float [T, n], the gate's
+    pre-activation)."""
     tied = probs >= probs.max(axis=-1, keepdims=True)
     key = ops.where(tied, ops.stop_gradient(order), ops.full_like(order, -3.0e38))
     return ops.argmax(key, dim=-1).astype(ms.int32)
@@ -93,9 +94,21 @@ class HashRouter(FixedRouter):
         return ops.gather(self.table, token_ids % self.vocab_size, 0)
 
 
+def group_tables(group_of_id: np.ndarray | None, vocab_size: int, groups: int, per_group: int,
+                 seed: int) -> np.ndarray:
+    """[groups, vocab] level-2 tables of RRE: row g maps the ids that reach group g onto its `per_group` experts,
+    balanced over exactly those ids (all ids when level 1 is the domain, `group_of_id == g` when it is a token
+    hash); entries of ids that never reach g are 0 and unused."""
+    tables = np.zeros((groups, vocab_size), np.int32)
+    for g in range(groups):
+        ids = np.arange(vocab_size) if group_of_id is None else np.flatnonzero(group_of_id == g)
+        tables[g, ids] = balanced_table(len(ids), per_group, seed + 1 + g)
+    return tables
+
+
 class RRERouter(FixedRouter):
     """PanGu-Sigma's random routed experts: level 1 picks an expert group (domain id, or a token hash),
-    level 2 a fixed balanced hash of the token id inside the group."""
+    level 2 a fixed hash of the token id inside the group, balanced over the ids that reach that group."""
 
     def __init__(self, vocab_size: int, experts: int, groups: int, group_by_domain: bool, seed: int):
         super().__init__(experts)
@@ -103,8 +116,10 @@ class RRERouter(FixedRouter):
         self.groups = groups
         self.per_group = experts // groups
         self.group_by_domain = group_by_domain
-        self.group_table = Tensor(balanced_table(vocab_size, groups, seed))
-        self.inner_table = Tensor(balanced_table(vocab_size, self.per_group, seed + 1))
+        group_of_id = balanced_table(vocab_size, groups, seed)
+        self.group_table = Tensor(group_of_id)
+        inner = group_tables(None if group_by_domain else group_of_id, vocab_size, groups, self.per_group, seed)
+        self.inner_table = Tensor(inner.reshape(-1))
 
     def assign(self, token_ids, domain_ids):
         ids = token_ids % self.vocab_size
@@ -112,7 +127,7 @@ class RRERouter(FixedRouter):
             group = domain_ids % self.groups
         else:
             group = ops.gather(self.group_table, ids, 0)
-        return group * self.per_group + ops.gather(self.inner_table, ids, 0)
+        return group * self.per_group + ops.gather(self.inner_table, group * self.vocab_size + ids, 0)
 
 
 def _learned(cfg: Config, placement: Placement, tokens: int, gate: nn.Cell, locality_factor: float) -> LearnedRouter:
