@@ -18,8 +18,8 @@
 #                     ("rank R: ..."), start nothing
 #   -- args           passed to locmoe-train (--max-steps N, --resume, --set section.key=value, ...)
 #
-# Runs `--set parallel_config.communicator=hccl`. Environment: CLUSTER_TIME_OUT (seconds for all ranks to join,
-# default 300), PYTHON (default python3, used for checks only: msrun starts the ranks with `python` from PATH).
+# Runs `--set parallel_config.communicator=hccl --set train.device_target=ascend`. Environment: CLUSTER_TIME_OUT
+# (seconds for all ranks to join, default 300), PYTHON (default python3, used for checks only: msrun starts the ranks with `python` from PATH).
 set -euo pipefail
 # shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/common.sh"
@@ -49,4 +49,5 @@ fi
 need_command "$PYTHON" "set PYTHON to the interpreter that has MindSpore"
 
 run_msrun "$workers" "$local_workers" "$addr" "$port" "$node" "$output/msrun_log" \
-    --config "$config" "${extra[@]}" --output-dir "$output" --set parallel_config.communicator=hccl
+    --config "$config" "${extra[@]}" --output-dir "$output" --set parallel_config.communicator=hccl \
+    --set train.device_target=ascend

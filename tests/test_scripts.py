@@ -23,7 +23,7 @@ LAUNCHERS = ["run_standalone_train.sh", "run_distribute_train.sh", "run_msrun_tr
              "run_cluster_train.sh"]
 SERVERS = ["10.155.111.140", "10.155.111.141"]
 HCCL = ["--set", "parallel_config.communicator=hccl"]
-ASCEND = [*HCCL, "--set", "train.device_target=ascend"]  # run_distribute_train.sh's ranks
+ASCEND = [*HCCL, "--set", "train.device_target=ascend"]  # the Ascend launchers' ranks
 
 # A rank's stand-in: `PYTHON -m locmoe_ms.cli ...` records its directory, arguments and environment in
 # $RECORDS/rank_$RANK_ID.json, prints one line and exits 3 if its rank is in $FAIL_RANKS, else 0; any other use of
@@ -240,7 +240,7 @@ def test_msrun_dry_run_second_node(tmp_path, files, records):
     listing = dry_run("run_msrun_train.sh", files["cfg"], "16", "8", SERVERS[0], "8118", "1", "--output-dir", "out",
                       "--dry-run", "--", "--max-steps", "3", tmp_path=tmp_path, files=files, records=records)
     out = str(tmp_path / "out")
-    train_args = ["--config", str(files["cfg"]), "--max-steps", "3", "--output-dir", out, *HCCL]
+    train_args = ["--config", str(files["cfg"]), "--max-steps", "3", "--output-dir", out, *ASCEND]
     assert listing.pop("launch") == {"cwd": str(tmp_path), "cmd": [
         "msrun", "--worker_num", "16", "--local_worker_num", "8", "--master_addr", SERVERS[0], "--master_port",
         "8118", "--node_rank", "1", "--log_dir", f"{out}/msrun_log", "--join", "True", "--cluster_time_out", "300",
