@@ -116,6 +116,18 @@ def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):
                    "--set", "train.learning_rate=1.0e-12", "--set", "train.min_learning_rate=0")
     assert start.returncode == 0, start.stderr[-2000:]
     assert _metrics(tmp_path / "again")[0]["valid_ppl"] == pytest.approx(logged, rel=1e-5)
+    # the same checkpoint under another router is another model: refused, naming the key and both values
+    other = _cli("eval_main", "--config", CONFIG, *SMALL, "--set", "moe_config.router=hash", "--checkpoint",
+                 str(tmp_path / "checkpoints" / "step_00000006.ckpt"))
+    _assert_one_line_error(other, "step_00000006.ckpt", "moe_config.router: saved 'locmoe', now 'hash'")
+
+
+def test_resume_without_a_checkpoint_says_so_and_starts_at_step_1(tmp_path):
+    run = _train(tmp_path, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2",
+                 "--resume")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"warning: --resume: no checkpoint in {tmp_path / 'checkpoints'}; starting at step 1" in run.stderr
+    assert [r["step"] for r in _metrics(tmp_path)] == [1, 2]
 
 
 def _assert_one_line_error(run, *parts):

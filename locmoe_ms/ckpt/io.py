@@ -17,14 +17,13 @@ from locmoe_ms.errors import UserInputError
 from locmoe_ms.train import checkpoint
 
 STRING_PREFIX = checkpoint.STRING_PREFIX
-MODEL_PREFIX = "network."  # model parameters; optimizer moments are adam_m.network.*, adam_v.network.*
+MODEL_PREFIX = checkpoint.MODEL_PREFIX
 WORLD_KEYS = ("rank", "world_size", "expert_parallel_rank", "model_parallel_rank")  # only in per-rank shards
 
 Params = dict[str, np.ndarray]
 
 
-def is_model_parameter(name: str) -> bool:
-    return name.startswith(MODEL_PREFIX)
+is_model_parameter = checkpoint.is_model_parameter
 
 
 def contiguous(array: np.ndarray) -> np.ndarray:

@@ -23,6 +23,15 @@ DERIVED = ("learning_rate",)
 # MindSpore's safetensors writer stores numbers only, so tools/convert_ckpt.py stores a string metadata value
 # (config_json) as a uint8 tensor of its UTF-8 bytes under this prefix.
 STRING_PREFIX = "__utf8__."
+MODEL_PREFIX = "network."  # model parameters; optimizer moments are adam_m.network.*, adam_v.network.*
+# Config keys that define the model's parameters or its routing function: a checkpoint is loaded (resume, eval)
+# only under the same values. Others (learning rate, capacity, dropout, compute_dtype, ...) may change.
+MODEL_KEYS = ("model.vocab_size", "model.hidden_size", "model.num_heads", "model.ffn_hidden_size", "model.num_layers",
+              "model.sparse_layers", "model.seq_length", "model.activation", "model.layernorm_eps",
+              "moe_config.expert_num", "moe_config.router", "moe_config.rre_groups", "moe_config.rre_group_by",
+              "moe_config.hash_seed", "data.tokenizer", "data.vocab_limit")
+# With data.vocab_limit the token ids come from the training split's frequencies, so these define them too.
+VOCABULARY_KEYS = ("data.corpus", "data.paths", "data.max_documents", "data.valid_fraction", "data.test_fraction")
 META_KEYS = ("step", "data_epoch", "data_index", "config_json", "valid_ppl", "format_version",
              "rank", "world_size", "expert_parallel_rank", "model_parallel_rank")  # last four: per-rank shards
 
@@ -105,13 +114,24 @@ def rank_dir(output_dir: str | Path, rank: int) -> Path:
     return Path(output_dir) / f"rank_{rank}"
 
 
-def restore(cell: nn.Cell, params: dict, path: Path) -> None:
-    """Load parameters into `cell`; every parameter of the cell must be in the checkpoint with the same shape."""
+def is_model_parameter(name: str) -> bool:
+    return name.startswith(MODEL_PREFIX)
+
+
+def restore(cell: nn.Cell, params: dict, path: Path, model_only: bool = False) -> None:
+    """Load parameters into `cell`: every parameter of the cell must be in the checkpoint with the same shape, and
+    every checkpoint parameter must have a place in the cell (with `model_only`, every model parameter: optimizer
+    state is then ignored, as for evaluation or --init-from)."""
     own = {p.name: p for p in cell.get_parameters() if p.name not in DERIVED}
     missing = [name for name in own if name not in params]
     if missing:
         raise UserInputError(f"{path}: checkpoint lacks {len(missing)} parameters of this model, "
                              f"for example {missing[0]}; was it saved with another config?")
+    unused = [name for name in params if name not in own and name not in DERIVED
+              and (is_model_parameter(name) or not model_only)]
+    if unused:
+        raise UserInputError(f"{path}: {len(unused)} checkpoint parameters have no place in this model, for example "
+                             f"{unused[0]}; was it saved with another config?")
     for name, param in own.items():
         if tuple(params[name].shape) != tuple(param.shape):
             raise UserInputError(f"{path}: parameter {name} has shape {tuple(params[name].shape)}, "
@@ -121,3 +141,26 @@ def restore(cell: nn.Cell, params: dict, path: Path) -> None:
 
 def config_of(meta: dict) -> dict:
     return json.loads(meta["config_json"]) if "config_json" in meta else {}
+
+
+def _value(raw: dict, key: str):
+    section, name = key.split(".")
+    return raw.get(section, {}).get(name)
+
+
+def model_differences(meta: dict, cfg) -> list[str]:
+    """'key: saved VALUE, now VALUE' for every model-defining key whose value differs from the checkpoint's."""
+    saved, now = config_of(meta), cfg.to_dict()
+    if not saved:
+        return []
+    keys = MODEL_KEYS + (VOCABULARY_KEYS if now["data"]["vocab_limit"] or _value(saved, "data.vocab_limit") else ())
+    return [f"{key}: saved {_value(saved, key)!r}, now {_value(now, key)!r}" for key in keys
+            if _value(saved, key) != _value(now, key)]
+
+
+def check_same_model(path: Path, meta: dict, cfg) -> None:
+    """Refuse a checkpoint of another model (resume and eval load weights only into the model they came from)."""
+    differences = model_differences(meta, cfg)
+    if differences:
+        raise UserInputError(f"{path}: saved for another model ({'; '.join(differences)}); pass the config it was "
+                             f"trained with, or convert it with tools/convert_ckpt.py (upcycle, reroute)")

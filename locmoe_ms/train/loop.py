@@ -74,11 +74,17 @@ def prepare_data(cfg: Config):
 
 
 def evaluate(loss_net, split, cfg: Config, rows: slice = slice(None)) -> float:
-    """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses).
+    """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses), in eval mode
+    (dropout off); the network's train/eval mode is restored afterwards.
 
     Under msrun each rank passes its `rows` of every batch; the loss network averages over ranks."""
-    losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for t, d in
-              eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches)]
+    was_training = loss_net.training
+    loss_net.set_train(False)
+    try:
+        losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for t, d in
+                  eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches)]
+    finally:
+        loss_net.set_train(was_training)
     if not losses:
         raise UserInputError(f"train.batch_size = {cfg.train.batch_size}: the evaluation split has fewer sequences")
     return float(math.exp(np.mean(losses)))
@@ -120,9 +126,9 @@ def build_rank_model(cfg: Config, placement: Placement, init_from: Path | None =
     as an upcycled one. A rank starts from its share of the one-process model's weights, so a distributed run
     starts exactly where the one-process run starts."""
     full = build_model(cfg)  # first, in every process: the same random draws
-    if init_from is not None:
+    if init_from is not None:  # any config: every model parameter by name and shape; optimizer state ignored
         params, _ = checkpoint.load(init_from)
-        checkpoint.restore(full, params, init_from)
+        checkpoint.restore(full, params, init_from, model_only=True)
     if not placement.distributed:
         return full
     weights = {p.name: p.asnumpy() for p in full.trainable_params()}
@@ -165,11 +171,13 @@ def build_training(cfg: Config, init_from: Path | None = None) -> Training:
         rank, world = get_rank(), get_group_size()
         optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
         step = TrainStep(loss_net, optimizer, cfg.train, world_sum=WorldAllReduce() if world > 1 else None)
+        step.set_train(True)
         return Training(loss_net, step, rows, rank, world, f"rank {rank} of {world} (auto-parallel)",
                         {"rank": rank, "world_size": world}, frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset())
     placement = build_placement(cfg)
     loss_net = build_rank_model(cfg, placement, init_from)
     step = TrainStep(loss_net, build_optimizer(loss_net.trainable_params(), cfg.train), cfg.train, placement)
+    step.set_train(True)  # dropout on; evaluate() switches it off for its batches
     rank, topo = (placement.rank if placement.distributed else None), placement.topology
     shard = {} if rank is None else {"rank": rank, "world_size": topo.world, "expert_parallel_rank":
                                      topo.expert_block(rank), "model_parallel_rank": rank % topo.model_parallel}
@@ -192,12 +200,15 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
                              f"choose another directory")
     if init_from is not None and resume and existing:
         raise UserInputError(f"--init-from {init_from}: --resume continues from {existing[-1]}; pass one of them")
+    if resume and not existing:
+        print(f"warning: --resume: no checkpoint in {ckpt_dir}; starting at step 1", file=sys.stderr, flush=True)
     splits = prepare_data(cfg)
     step_cell, optimizer = training.step, training.step.optimizer
     stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed)
     start = 0
     if resume and existing:
         params, meta = checkpoint.load(existing[-1])
+        checkpoint.check_same_model(existing[-1], meta, cfg)
         if meta.get("rank") != training.rank:
             raise UserInputError(f"{existing[-1]}: saved by rank {meta.get('rank', 'of a one-process run')}, "
                                  f"read by {training.label}; merge or split it with tools/convert_ckpt.py")
@@ -254,9 +265,10 @@ def evaluate_checkpoint(cfg: Config, path: Path) -> dict:
     """Validation and test perplexity of a saved checkpoint."""
     set_context(cfg)
     params, meta = checkpoint.load(path)
+    checkpoint.check_same_model(path, meta, cfg)
     splits = prepare_data(cfg)
     loss_net = build_model(cfg)
-    checkpoint.restore(loss_net, params, path)
+    checkpoint.restore(loss_net, params, path, model_only=True)
     result = {"checkpoint": str(path), "step": int(meta["step"]),
               "valid_ppl": evaluate(loss_net, splits["valid"], cfg), "test_ppl": evaluate(loss_net, splits["test"], cfg)}
     if "valid_ppl" in meta:
