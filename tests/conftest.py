@@ -1,5 +1,6 @@
 """MindSpore on CPU in GRAPH mode (the default users run), quiet logs, a small config factory."""
 import os
+import socket
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -31,3 +32,10 @@ def pynative():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield
     ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def free_port() -> int:
+    """A TCP port the kernel has just found free (msrun's master port in the multi-process tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

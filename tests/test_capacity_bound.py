@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from locmoe_ms.moe.capacity import assignment_probability, critical_capacity
+from locmoe_ms.moe.capacity import assignment_probability, critical_capacity, log10_assignment_probability_large_d
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "capacity_bound.py"
 
@@ -55,3 +55,28 @@ def test_bad_arguments_exit_2_with_one_line(args, expected):
     out = _run(*args)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and expected in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("delta", [0.2, 0.4])
+def test_large_deltas_keep_their_tiny_probability(delta):
+    """1 - I_{delta^2} cancels to exactly 0 once p_delta < 1e-16; the project's form keeps the value, and its log-space
+    erfc form stays finite far below float64's range. Reference: 60-digit mpmath."""
+    import mpmath
+    mpmath.mp.dps = 60
+    d, x = 5120, mpmath.mpf(delta) ** 2
+    exact = mpmath.betainc((d - 1) / mpmath.mpf(2), mpmath.mpf(1) / 2, 0, 1 - x, regularized=True)
+    assert assignment_probability(delta, d) == pytest.approx(float(exact), rel=1e-9)
+    for hidden in (d, 50 * d):
+        large_d = mpmath.log10(mpmath.erfc(mpmath.sqrt(x * hidden / (2 - x))))
+        assert log10_assignment_probability_large_d(delta, hidden) == pytest.approx(float(large_d), rel=1e-9)
+
+
+def test_tool_handles_bounds_beyond_float64():
+    out = _run("--delta", "0.4", "--hidden", "5120", "--experts", "16")
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert "ec_min = 1.44e+194 tokens per expert" in out.stdout
+    out = _run("--delta", "0.9", "--hidden", "5120", "--experts", "16", "--json")
+    data = json.loads(out.stdout)  # strict JSON: no Infinity
+    assert data["ec_min_betainc"] is None and data["log10_ec_min_erfc"] == pytest.approx(1514.35, abs=0.01)
+    text = _run("--delta", "0.9", "--hidden", "5120", "--experts", "16").stdout
+    assert "unbounded (> 1e308)" in text and "2.2394e1514" in text

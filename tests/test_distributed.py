@@ -4,7 +4,6 @@ Each msrun run is bounded by a timeout and msrun's own cluster timeout, so a fai
 """
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from locmoe_ms.moe.routers import balanced_table
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed" / "moe_layer_worker.py"
@@ -22,12 +22,6 @@ TOKENS, HIDDEN, EXPERTS, VOCAB, HASH_SEED = 128, 16, 4, 64, 1234
 
 
 MSRUN = "import sys; from mindspore.parallel.cluster.run import main; sys.argv[0] = 'msrun'; sys.exit(main())"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def msrun(workers: int, log_dir: Path, script: Path, *args, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:

@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
-from locmoe_ms.moe.capacity import (assignment_probability, assignment_probability_large_d,  # noqa: E402
-                                    critical_capacity)
+from locmoe_ms.moe.capacity import (assignment_probability, critical_capacity,  # noqa: E402
+                                    log10_assignment_probability_large_d)
 
 CAVEATS = """caveats:
   - It is a lower bound on an expected value under assumptions that real activations break: tokens uniform on the
@@ -31,6 +31,20 @@ CAVEATS = """caveats:
 def _positive(name: str, value: float, integer: bool = False) -> None:
     if not math.isfinite(value) or value <= 0 or (integer and value != int(value)):
         raise UserInputError(f"--{name} = {value}: must be a positive {'integer' if integer else 'number'}")
+
+
+def _tokens(value: float) -> str:
+    if not math.isfinite(value):
+        return "unbounded (> 1e308)"
+    return f"{value:.4f}" if value < 1e6 else f"{value:.4g}"
+
+
+def _power(log10: float) -> str:
+    """10**log10 as a readable number, also far outside float64's range."""
+    if abs(log10) < 300:
+        return f"{10.0 ** log10:.6g}"
+    exponent = math.floor(log10)
+    return f"{10.0 ** (log10 - exponent):.4f}e{exponent}"
 
 
 @exits_on_bad_input
@@ -49,21 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.hidden < 2:
         raise UserInputError(f"--hidden = {args.hidden}: must be >= 2")
     exact, approx = critical_capacity(args.delta, args.hidden, args.experts)
+    log10_p_erfc = log10_assignment_probability_large_d(args.delta, args.hidden)
     result = {
         "delta": args.delta, "hidden": args.hidden, "experts": args.experts,
         "p_delta_betainc": assignment_probability(args.delta, args.hidden),
-        "p_delta_erfc": assignment_probability_large_d(args.delta, args.hidden),
-        "ec_min_betainc": exact, "ec_min_erfc": approx,
+        "log10_p_delta_erfc": log10_p_erfc,
+        # JSON has no infinity: null where the bound exceeds float64's range
+        "ec_min_betainc": exact if math.isfinite(exact) else None,
+        "log10_ec_min_erfc": -math.log10(args.experts) - log10_p_erfc,
+        "ec_min_erfc": approx if math.isfinite(approx) else None,
         "vacuous": exact < 1.0,
     }
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"delta={args.delta} d={args.hidden} n={args.experts}")
-    print(f"p_delta (incomplete beta) = {result['p_delta_betainc']:.6g}   ec_min = {exact:.4f} tokens per expert")
-    print(f"p_delta (erfc, large d)   = {result['p_delta_erfc']:.6g}   ec_min = {approx:.4f} tokens per expert")
+    print(f"p_delta (incomplete beta) = {result['p_delta_betainc']:.6g}   ec_min = {_tokens(exact)} tokens per "
+          f"expert")
+    print(f"p_delta (erfc, large d)   = {_power(log10_p_erfc)}   ec_min = "
+          f"{_tokens(approx) if math.isfinite(approx) else _power(result['log10_ec_min_erfc'])} tokens per expert")
     if result["vacuous"]:
         print("note: ec_min < 1, so the bound is vacuous here (n * p_delta > 1)")
+    if not math.isfinite(exact):
+        print("note: p_delta is below float64's range (1e-308): no capacity a cluster can hold meets the bound")
     return 0
 
 
