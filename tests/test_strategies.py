@@ -48,7 +48,8 @@ def test_exact_strategies_64_devices():
     assert ins["query_layer.query"] == ((1, 1), (1, 8))
     assert ins["ffn.w_in"] == ((8, 1, 1), (1, 8)) and ins["ffn.w_out"] == ((8, 1, 8), (8, 1))
     assert ins["gate"] == ((8, 1), (1, 1)) and ins["router.softmax"] == ((8, 1),)
-    assert ins["dispatch"] == ((8, 1, 1), (8, 1)) and ins["combine"] == ((8, 1, 1), (8, 1))
+    assert ins["dispatch"] == ((8, 1, 1), (8, 1, 1)) and ins["combine"] == ((8, 1, 1), (8, 1, 1))
+    assert ins["dispatch.match"] == ((8, 1, 1), (1, 1, 1))
     assert ins["exchange.send_slice"] == ((1, 8, 8, 1),)
     assert ins["exchange.all_to_all"] == ((8, 1, 8, 1),)
     assert ins["exchange.all_gather"] == ((8, 1, 1, 1),)
@@ -62,7 +63,7 @@ def test_exact_expert_strategies_256_devices():
     ins = st.in_strategies(ParallelSizes(dp=32, mp=8, ep=16))
     assert ins["experts.w_in"] == ((16, 2, 1), (16, 1, 8))
     assert ins["exchange.all_to_all"] == ((16, 2, 8, 1),) and ins["exchange.send_slice"] == ((1, 32, 8, 1),)
-    assert ins["dispatch"] == ((32, 1, 1), (32, 1)) and ins["attention.query"] == ((32, 1, 1), (1, 8))
+    assert ins["dispatch"] == ((32, 1, 1), (32, 1, 1)) and ins["attention.query"] == ((32, 1, 1), (1, 8))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -156,9 +157,8 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     plan = shard_plan(net)
     planned = {name: t for entry in plan.cells for name, t in entry.parameters.items()}
     assert set(planned) | set(plan.other_parameters) == set(names)
-    # left to sharding propagation: the embeddings, the router gate and the attention output projection
-    # (context.CELL_OPS says why), each still with a layout rule
-    left = {n for n in names if n.endswith((".router.gate.bias", ".attention.out.weight", ".attention.out.bias"))}
+    # left to sharding propagation: the embeddings and the router gate (context.CELL_OPS says why)
+    left = {n for n in names if n.endswith(".router.gate.bias")}
     assert set(plan.other_parameters) == {"network.word_embedding", "network.position_embedding",
                                           "network.top_query_embedding"} | left
     assert all(t is not None for t in list(planned.values()) + list(plan.other_parameters.values()))
@@ -167,7 +167,13 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     assert ops["network.query_layer.attention.query"] == "query_layer.query"
     assert ops["network.blocks.0.attention.query"] == "attention.query"
     assert "network.blocks.3.moe.router.gate" not in ops and ops["network.final_norm"] == "head.layernorm"
-    assert plan.primitives == []  # the cells own no primitives today
+    # the dispatchers of the two sparse blocks own the primitives auto-parallel pins over token groups
+    assert sorted(plan.primitives) == sorted((f"network.blocks.{i}.moe.dispatcher.{attr}", op) for i in (1, 3)
+                                             for attr, op in (("match", "dispatch.match"),
+                                                              ("pad_tokens", "dispatch.pad"),
+                                                              ("pad_slots", "combine.pad"),
+                                                              ("gather_slots", "dispatch"),
+                                                              ("gather_tokens", "combine")))
     assert st.parameter_mismatches(names) == []
     expert = st.parameter_split_of(planned["network.blocks.1.moe.experts.w_in"])
     assert (expert.expert_axis, expert.model_axis) == (0, 2)

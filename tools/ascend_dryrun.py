@@ -180,7 +180,7 @@ def compile_step(args) -> dict:
     began = time.perf_counter()
     _cell_graph_executor.compile(net, *inputs, phase="train" if args.step == "train" else "eval")
     out = {"build_s": build_s, "compile_s": time.perf_counter() - began, "rank": args.rank,
-           "devices": cfg.virtual_devices, "mode": cfg.parallel_config.mode, "rows": [rows.start, rows.stop],
+           "devices": cfg.virtual_devices, "mode": cfg.parallel_config.mode, "rows": list(rows.indices(cfg.train.batch_size)[:2]),
            "shapes": shapes,
            "layouts": {k: [list(v[0]), [list(m) if isinstance(m, (list, tuple)) else m for m in v[1]], list(v[2])]
                        for k, v in net.parameter_layout_dict.items()}}

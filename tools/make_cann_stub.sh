@@ -50,11 +50,16 @@ g++ -O1 -fPIC -c "$WORK/status_factory.cc" -o "$WORK/status_factory.o"
 
 # 4. every CANN library the plugin links against (not shipped with MindSpore, not on the system) -> the stub
 for lib in $PLUGINS; do readelf -d "$lib" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p'; done | sort -u > "$WORK/needed"
+LDCONFIG=$(command -v ldconfig || ls /sbin/ldconfig /usr/sbin/ldconfig 2>/dev/null | head -1 || true)
+on_system() {  # a library the dynamic linker finds already (libc, libstdc++...): never replace it
+  if [[ -n $LDCONFIG ]]; then "$LDCONFIG" -p | grep -q "^\s*$1 "; else
+    find /lib /lib64 /usr/lib /usr/lib64 -name "$1" 2>/dev/null | grep -q .; fi
+}
 built=0
 while read -r soname; do
   [[ $soname == *aarch64* || $soname == _c_dataengine* ]] && continue
   find "$MS_LIB" -name "$soname" | grep -q . && continue
-  ldconfig -p | grep -q "^\s*$soname " && continue
+  on_system "$soname" && continue
   g++ -shared -o "$OUT/$soname" "$WORK/zero.o" "$WORK/status_factory.o" -Wl,-soname,"$soname"
   built=$((built + 1))
 done < "$WORK/needed"

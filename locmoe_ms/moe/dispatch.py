@@ -27,13 +27,24 @@ class Dispatcher(nn.Cell):
         self.group_slots = experts * capacity
         self.group_offset = Tensor(np.arange(groups, dtype=np.int32).reshape(groups, 1) * capacity)
         self.slot_ids = Tensor(np.arange(self.group_slots, dtype=np.int32).reshape(1, self.group_slots, 1))
+        self.expert_ids = Tensor(np.arange(experts, dtype=np.int32).reshape(1, 1, experts))
+        self.capacity_bound = Tensor(np.array([[capacity]], np.int32))
+        self.zero = Tensor(np.zeros((1, 1), np.int32))
+        # primitives owned so that auto-parallel can pin them over G (context.PRIMITIVE_OPS, strategies.OPS)
+        self.match = ops.Equal()
+        self.pad_tokens = ops.Concat(axis=1)
+        self.pad_slots = ops.Concat(axis=1)
+        self.gather_slots = ops.GatherD()
+        self.gather_tokens = ops.GatherD()
 
     def assign(self, index: Tensor):
         """Expert index [T] -> slot [T] int32 (dummy slot for dropped tokens), kept [T] f32, load [E] f32."""
         per_group = index.reshape(self.groups, -1)
-        onehot = ops.one_hot(per_group, self.experts, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+        # one-hot as a comparison and bounds as tensors: MindSpore shards Equal/Less over G, not a 2-D OneHot or a
+        # comparison with a Python scalar (both ran replicated in the dry-run compile); zeros_like likewise
+        onehot = ops.equal(per_group.reshape(self.groups, -1, 1), self.expert_ids).astype(ms.float32)
         position = (ops.cumsum(onehot, axis=1) * onehot).sum(axis=-1).astype(ms.int32) - 1
-        kept = position < self.capacity
+        kept = ops.less(position, self.capacity_bound)
         slot = per_group * (self.groups * self.capacity) + self.group_offset + position
         slot = ops.where(kept, slot, ops.full_like(slot, self.slots))
         return slot.reshape(-1), kept.reshape(-1).astype(ms.float32), onehot.sum(axis=(0, 1))
@@ -50,15 +61,15 @@ class Dispatcher(nn.Cell):
         local = self.group_slot(slot)                                               # [G, t]
         per_group = local.shape[1]
         # token of every slot of the group (per_group, the zero row, where the slot is empty)
-        match = ops.equal(local.reshape(self.groups, 1, per_group), self.slot_ids)   # [G, E*C, t]
+        match = self.match(local.reshape(self.groups, 1, per_group), self.slot_ids)  # [G, E*C, t]
         token_ids = ops.arange(1, per_group + 1, dtype=ms.int32).reshape(1, 1, per_group)
         token = (match.astype(ms.int32) * token_ids).sum(axis=-1) - 1               # [G, E*C], -1: empty
-        token = ops.where(token < 0, ops.full_like(token, per_group), token)
-        padded = ops.concat((x.reshape(self.groups, per_group, hidden),
-                             ops.zeros((self.groups, 1, hidden), x.dtype)), axis=1)  # [G, t+1, h]
+        token = ops.where(ops.less(token, self.zero), ops.full_like(token, per_group), token)
+        grouped = x.reshape(self.groups, per_group, hidden)
+        padded = self.pad_tokens((grouped, ops.zeros_like(grouped[:, :1])))          # [G, t+1, h]
         index = ops.broadcast_to(token.reshape(self.groups, self.group_slots, 1),
                                  (self.groups, self.group_slots, hidden))
-        buffer = ops.gather_elements(padded, 1, index)                              # [G, E*C, h]
+        buffer = self.gather_slots(padded, 1, index)                                # [G, E*C, h]
         buffer = buffer.reshape(self.groups, self.experts, self.capacity, hidden).transpose(1, 0, 2, 3)
         return buffer.reshape(self.experts, self.groups * self.capacity, hidden)
 
@@ -68,8 +79,8 @@ class Dispatcher(nn.Cell):
         local = self.group_slot(slot)                                               # [G, t]
         per_group = local.shape[1]
         grouped = expert_out.reshape(self.experts, self.groups, self.capacity, hidden).transpose(1, 0, 2, 3)
-        grouped = ops.concat((grouped.reshape(self.groups, self.group_slots, hidden),
-                              ops.zeros((self.groups, 1, hidden), expert_out.dtype)), axis=1)  # [G, E*C+1, h]
+        grouped = grouped.reshape(self.groups, self.group_slots, hidden)
+        grouped = self.pad_slots((grouped, ops.zeros_like(grouped[:, :1])))          # [G, E*C+1, h]
         index = ops.broadcast_to(local.reshape(self.groups, per_group, 1), (self.groups, per_group, hidden))
-        out = ops.gather_elements(grouped, 1, index).reshape(self.groups * per_group, hidden)
+        out = self.gather_tokens(grouped, 1, index).reshape(self.groups * per_group, hidden)
         return out * weight.reshape(-1, 1)

@@ -18,22 +18,24 @@ Known gap (see strategies.py): the Dispatcher's global ScatterNd/Gather have no 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from locmoe_ms.errors import UserInputError
-from locmoe_ms.parallel.strategies import (OPS, ParallelSizes, TensorLayout, layout_of, parameter_layout,
-                                           validate, MESH_AXES)
+from locmoe_ms.parallel.strategies import (OPS, ParallelSizes, TensorLayout, in_strategies, layout_of,
+                                           parameter_layout, validate, MESH_AXES)
 
-# Cell path suffix -> the op whose input 0 is the cell's input; first match wins. Not listed, their layouts left to
-# sharding propagation (the dry-run compile, tools/ascend_dryrun.py, showed MindSpore 2.10 failing on them):
-# the attention output projection ("Bprop MatMulExt ... 256 and 128" in the backward of the sharded cell) and the
-# router gate, a cell returning a tuple ("Did not create OperatorInfo for : Depend").
+# Cell path suffix -> the op whose input 0 is the cell's input; first match wins. The cell's output layout is that
+# of CELL_OUTPUTS[op] (the bias add after a projection), else the op's own. Not listed, its layouts left to sharding
+# propagation: the router gate, a cell returning a tuple, on which MindSpore 2.10 fails in the backward pass ("Did
+# not create OperatorInfo for : Depend", seen in the dry-run compile, tools/ascend_dryrun.py).
 CELL_OPS: tuple[tuple[str, str], ...] = (
     ("query_layer.attention.query", "query_layer.query"),
     (".attention.query", "attention.query"),
     (".attention.key", "attention.key"),
     (".attention.value", "attention.value"),
+    (".attention.out", "attention.out"),
     (".ffn.w_in", "ffn.w_in"),
     (".ffn.w_out", "ffn.w_out"),
     (".moe.experts", "experts.w_in"),
@@ -43,14 +45,28 @@ CELL_OPS: tuple[tuple[str, str], ...] = (
     ("final_norm", "head.layernorm"),
 )
 
+CELL_OUTPUTS: dict[str, str] = {
+    "query_layer.query": "query_layer.query.bias",
+    "attention.query": "attention.query.bias",
+    "attention.key": "attention.key.bias",
+    "attention.value": "attention.value.bias",
+    "attention.out": "attention.out.bias",
+    "ffn.w_in": "ffn.w_in.bias",
+    "ffn.w_out": "ffn.w_out.bias",
+    "experts.w_in": "experts.b_out",
+}
+
 # (cell class name, attribute) -> op: primitives a cell may own to have that op pinned by Primitive.shard.
 PRIMITIVE_OPS: dict[tuple[str, str], str] = {
     ("Attention", "scores_matmul"): "attention.scores",
     ("Attention", "softmax"): "attention.softmax",
     ("Attention", "context_matmul"): "attention.context",
     ("LearnedRouter", "softmax"): "router.softmax",
-    ("Dispatcher", "scatter"): "dispatch",
-    ("Dispatcher", "gather"): "combine",
+    ("Dispatcher", "match"): "dispatch.match",
+    ("Dispatcher", "pad_tokens"): "dispatch.pad",
+    ("Dispatcher", "pad_slots"): "combine.pad",
+    ("Dispatcher", "gather_slots"): "dispatch",
+    ("Dispatcher", "gather_tokens"): "combine",
     ("Experts", "bmm_in"): "experts.w_in",
     ("Experts", "bmm_out"): "experts.w_out",
     ("PanGuSigmaLM", "logits_matmul"): "head.logits",
@@ -63,6 +79,7 @@ class CellPlan:
     op: str
     inputs: tuple[TensorLayout, ...]
     parameters: dict[str, TensorLayout]
+    output: TensorLayout | None = None
 
 
 @dataclass
@@ -88,7 +105,7 @@ def shard_plan(network: Any) -> ShardPlan:
         op = _cell_op(path)
         if op is not None:
             params = {p.name: parameter_layout(p.name) for p in cell.get_parameters()}
-            plan.cells.append(CellPlan(path, op, (OPS[op].inputs[0],), params))
+            plan.cells.append(CellPlan(path, op, (OPS[op].inputs[0],), params, OPS[CELL_OUTPUTS.get(op, op)].output))
             planned.update(params)
         for (cls, attr), prim_op in PRIMITIVE_OPS.items():
             if type(cell).__name__ == cls and isinstance(getattr(cell, attr, None), Primitive):
@@ -142,14 +159,18 @@ def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
     sizes = ParallelSizes.from_config(cfg)
     mesh = Layout(tuple(sizes.axis(a) for a in MESH_AXES), MESH_AXES)
     plan = shard_plan(network)
+    numeric = in_strategies(sizes)
     cells = dict(network.cells_and_names())
     for entry in plan.cells:
         params = {name: layout_of(mesh, t) for name, t in entry.parameters.items() if t is not None}
-        cells[entry.path].shard(in_strategy=tuple(layout_of(mesh, t) for t in entry.inputs),
+        out = (layout_of(mesh, entry.output),) if entry.output is not None and os.environ.get("LOCMOE_OUT_STRATEGY", "1") == "1" else None
+        cells[entry.path].shard(in_strategy=tuple(layout_of(mesh, t) for t in entry.inputs), out_strategy=out,
                                 parameter_plan=params or None)
     for where, op in plan.primitives:
         path, _, attr = where.rpartition(".")
-        getattr(cells[path], attr).shard(tuple(layout_of(mesh, t) for t in OPS[op].inputs))
+        # numeric strategies: GatherD has no cost model for Layout strategies ("SetCostUnderLayout failed"); the
+        # repeated mp copies go innermost, Topology's order, as long as the op splits no expert axis
+        getattr(cells[path], attr).shard(numeric[op])
     return plan
 
 

@@ -16,8 +16,9 @@ checks the placement equals Topology's, and `parameter_mismatches` that paramete
 None of this has run on Ascend.
 
 Dispatch and combine are written per token group ([G, tokens per group, ...], batched over G), the form in which
-MindSpore can shard them; the current Dispatcher scatters into one global buffer (ScatterNd, which has no sharded
-implementation in MindSpore 2.10), so these two entries describe the target, not what the cell computes today.
+MindSpore can shard them: gathers (GatherD) over each group's buffer, as moe/dispatch.py computes them (a global
+ScatterNd has no sharded implementation in MindSpore 2.10). The index operands are broadcast over h, and each
+gathered operand carries one zero row (for empty slots and dropped tokens) that the symbols leave out.
 MindSpore itself is imported only by `mindspore_layouts`.
 """
 from __future__ import annotations
@@ -142,8 +143,11 @@ OPS: dict[str, OpSpec] = {
     # MoE: dispatch -> group-wise exchange -> experts -> exchange back -> combine
     "dispatch.one_hot": _op("OneHot", ("G:dp t",), "G:dp t E"),
     "dispatch.cumsum": _op("CumSum", ("G:dp t E",), "G:dp t E", axis=1, note="slots are per token group"),
-    "dispatch": _op("ScatterNd", ("G:dp t h", "G:dp t"), "G:dp E C h",
-                    note="per token group, batched over G (target form; see the module docstring)"),
+    "dispatch.match": _op("Equal", ("G:dp one t", "one EC one"), "G:dp EC t",
+                          note="which token fills each slot of its group (no gradient)"),
+    "dispatch.pad": _op("Concat", ("G:dp t h", "G:dp one h"), "G:dp t h", note="a zero row for empty slots"),
+    "dispatch": _op("GatherD", ("G:dp t h", "G:dp EC h"), "G:dp EC h",
+                    note="per token group, batched over G: each slot gathers its token (an empty slot a zero row)"),
     "dispatch.transpose": _op("Transpose", ("G:dp E C h",), "E G:dp C h", perm=(1, 0, 2, 3)),
     "exchange.send_slice": _op("StridedSlice", ("E G:dp C:mp h",), "E G:dp C:mp h",
                                note="each tensor-parallel rank sends 1/mp of the slots"),
@@ -159,8 +163,9 @@ OPS: dict[str, OpSpec] = {
     "exchange.return_all_to_all": _op("StridedSlice", ("E G:dp C:mp h",), "E G:dp C:mp h"),
     "exchange.return_all_gather": _op("StridedSlice", ("E G:dp C h",), "E G:dp C h"),
     "combine.transpose": _op("Transpose", ("E G:dp C h",), "G:dp E C h", perm=(1, 0, 2, 3)),
-    "combine": _op("GatherD", ("G:dp EC h", "G:dp t"), "G:dp t h",
-                   note="per token group, batched over G (target form; see the module docstring)"),
+    "combine.pad": _op("Concat", ("G:dp EC h", "G:dp one h"), "G:dp EC h", note="a zero row for dropped tokens"),
+    "combine": _op("GatherD", ("G:dp EC h", "G:dp t h"), "G:dp t h",
+                   note="per token group, batched over G: each token gathers its slot (a dropped one a zero row)"),
     "combine.scale": _op("Mul", ("G:dp t h", "G:dp t one"), "G:dp t h"),
     "moe.residual": _op("Add", ("B:dp S h", "B:dp S h"), "B:dp S h"),
     # head
@@ -207,8 +212,8 @@ DATA_FLOW: tuple[Edge, ...] = (
     Edge("gate.bias", "router.softmax"),
     Edge("router.softmax", "router.aux_mean"),
     Edge("router.softmax", "router.locality_mean"),
-    Edge("moe.layernorm", "dispatch"),
-    Edge("router.top1", "dispatch", 1),
+    Edge("moe.layernorm", "dispatch.pad"),
+    Edge("dispatch.pad", "dispatch"),
     Edge("dispatch", "dispatch.transpose"),
     Edge("dispatch.transpose", "exchange.send_slice", 0, "slice:mp"),
     Edge("exchange.send_slice", "exchange.all_to_all", 0, "all_to_all:ep"),
@@ -218,8 +223,9 @@ DATA_FLOW: tuple[Edge, ...] = (
     Edge("experts.b_out", "exchange.return_slice", 0, "slice:mp"),
     Edge("exchange.return_slice", "exchange.return_all_to_all", 0, "all_to_all:ep"),
     Edge("exchange.return_all_to_all", "exchange.return_all_gather", 0, "all_gather:mp"),
-    *_chain("exchange.return_all_gather", "combine.transpose", "combine", "combine.scale", "moe.residual"),
-    Edge("router.top1", "combine", 1),
+    *_chain("exchange.return_all_gather", "combine.transpose", "combine.pad", "combine", "combine.scale",
+            "moe.residual"),
+    Edge("router.top1", "dispatch.match"),
     Edge("router.top1", "combine.scale", 1),
     Edge("attention.residual", "moe.residual", 1),
     *_chain("ffn.residual", "head.layernorm", "head.logits", "loss.cross_entropy"),

@@ -1,0 +1,176 @@
+"""Ascend dry run: the real training step compiled for one rank of a virtual cluster (tools/ascend_dryrun.py).
+
+Stand-in CANN libraries only let MindSpore's Ascend plugin load; the layouts and collectives checked here come from
+MindSpore's compiler (parameter_layout_dict, the step_parallel_end / validate IR). Expectations are written by hand
+or computed from parallel/layout.py and Topology, never taken from the tool's own checks. Each compile runs in a
+subprocess with a timeout. Run with: pytest -m ascend_dryrun tests/test_ascend_dryrun.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from locmoe_ms.config import load_config
+from locmoe_ms.parallel.layout import parameter_split
+from locmoe_ms.parallel.topology import Topology
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "ascend_dryrun.py"
+MISSING = [t for t in ("gcc", "g++", "nm", "readelf") if shutil.which(t) is None]
+pytestmark = [pytest.mark.ascend_dryrun,
+              pytest.mark.skipif(bool(MISSING), reason=f"building stand-in CANN libraries needs {', '.join(MISSING)}")]
+
+# 2 nodes x 8, tp 2, ep 8 (the explicit-mode job of the Ascend issue), small enough to compile in seconds
+EXPLICIT = ["--devices", "16", "--mode", "explicit", "--set", "model.num_layers=2", "--set", "model.sparse_layers=[1]",
+            "--set", "model.seq_length=64", "--set", "model.vocab_size=1024", "--set", "data.vocab_limit=0",
+            "--set", "parallel_config.devices_per_node=8", "--set", "parallel_config.data_parallel=8",
+            "--set", "parallel_config.model_parallel=2", "--set", "parallel_config.expert_parallel=8",
+            "--set", "parallel_config.exchange=groupwise", "--set", "train.batch_size=16"]
+# 8 devices, tp 2, ep 4 (one node of 8 would make every group intra-node; 2 x 4 keeps the nodes apart)
+AUTO = ["--devices", "8", "--mode", "auto", "--set", "parallel_config.model_parallel=2",
+        "--set", "parallel_config.data_parallel=4", "--set", "parallel_config.expert_parallel=4",
+        "--set", "parallel_config.exchange=groupwise"]
+
+
+@pytest.fixture(scope="session")
+def cann_stub(tmp_path_factory) -> Path:
+    """tools/make_cann_stub.sh, once per session."""
+    out = tmp_path_factory.mktemp("cann_stub")
+    subprocess.run(["bash", str(ROOT / "tools" / "make_cann_stub.sh"), str(out)], check=True, capture_output=True,
+                   timeout=180, env={**os.environ, "PYTHON": sys.executable})
+    return out
+
+
+def dryrun(stub: Path, tmp: Path, *args: str, config: str = "model_configs/tiny_cpu.yaml", timeout: float = 240):
+    """Run the tool; (exit code, stdout, the JSON evidence or None)."""
+    out = tmp / "result.json"
+    proc = subprocess.run([sys.executable, str(TOOL), config, *args, "--stub-dir", str(stub), "--ir-dir",
+                           str(tmp / "ir"), "--json", str(out)], capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr, json.loads(out.read_text()) if out.is_file() else None
+
+
+def groups(result: dict) -> set[tuple[str, str]]:
+    return {(c["op"], c["group"]) for c in result["collectives"] if c["op"] != "_MirrorOperator"}
+
+
+@pytest.mark.parametrize("rank, expected", [
+    (15, {("AlltoAll", "locmoe_1_3_5_7_9_11_13_15"),          # expert exchange: the expert-parallel group
+          ("AllGather", "locmoe_14_15"),                       # group-wise: the tensor-parallel group (node 1)
+          ("ReduceScatter", "locmoe_14_15"),                   # its backward
+          ("AllReduce", "locmoe_1_3_5_7_9_11_13_15"),          # global-batch sums over the data group
+          ("AllReduce", "locmoe_14_15"),                       # expert gradients over the expert's copies
+          ("AllReduce", "hccl_world_group")}),                 # dense gradients, overflow flag
+    (0, {("AlltoAll", "locmoe_0_2_4_6_8_10_12_14"), ("AllGather", "locmoe_0_1"), ("ReduceScatter", "locmoe_0_1"),
+         ("AllReduce", "locmoe_0_2_4_6_8_10_12_14"), ("AllReduce", "locmoe_0_1"), ("AllReduce", "hccl_world_group")}),
+])
+def test_explicit_train_step_uses_the_topology_groups(cann_stub, tmp_path, rank, expected):
+    code, out, result = dryrun(cann_stub, tmp_path, *EXPLICIT, "--rank", str(rank),
+                               "--set", "train.loss_scale=dynamic")
+    assert result is not None and result["compiled"], out
+    assert code == 0 and "checks: pass" in out, out
+    assert groups(result) == expected
+    assert result["rows"] == [2 * (rank // 2), 2 * (rank // 2) + 2]  # token group rank // tp: 2 of 16 sequences
+    exchange = [c for c in result["collectives"] if c["op"] == "AlltoAll"]
+    # forward + backward of dispatch and combine, each [ep, experts per rank, capacity, hidden / tp]
+    assert len(exchange) == 4 and all(c["shape"][:2] == [8, 1] and c["shape"][-1] == 128 for c in exchange)
+    assert all("moe-MoELayer/exchange-ExpertExchange" in c["scope"] for c in exchange)
+
+
+@pytest.fixture(scope="module")
+def auto_forward(cann_stub, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auto")
+    return dryrun(cann_stub, tmp, *AUTO, "--step", "forward")
+
+
+def _config(overrides: list[str]):
+    sets = [v for k, v in zip(overrides, overrides[1:]) if k == "--set"]
+    return load_config(ROOT / "model_configs" / "tiny_cpu.yaml", sets + ["parallel_config.communicator=hccl",
+                                                                          "parallel_config.mode=auto"])
+
+
+def _layout_mismatches(result: dict, names) -> list[str]:
+    """Parameters whose MindSpore slice or shard differs from layout.py's split and Topology's placement."""
+    cfg = _config(AUTO)
+    par = cfg.parallel_config
+    topo, rank = Topology.from_config(cfg), result["rank"]
+    bad = []
+    for name in names:
+        shape, (matrix, tensor_map, piece) = result["shapes"][name], result["layouts"][name]
+        split = parameter_split(name)
+        want = list(shape)
+        for axis, blocks, shard in ((split.expert_axis, par.expert_parallel, topo.expert_block(rank)),
+                                    (split.model_axis, par.model_parallel, rank % par.model_parallel)):
+            if axis is None:
+                continue
+            want[axis] //= blocks
+            # MindSpore: device matrix row-major, tensor-map value d names axis len(matrix) - 1 - d
+            d = tensor_map[axis]
+            coords = [rank // int(_prod(matrix[i + 1:])) % matrix[i] for i in range(len(matrix))]
+            if d == -1 or coords[len(matrix) - 1 - d] != shard:
+                bad.append(f"{name}: rank {rank} does not hold shard {shard} of axis {axis}")
+        if piece != want:
+            bad.append(f"{name}: slice {piece}, layout.py gives {want}")
+    return bad
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def test_auto_mode_compiles_and_lays_out_experts_and_dense_weights(auto_forward):
+    code, out, result = auto_forward
+    assert result is not None and result["compiled"], out
+    assert result["rows"] == [0, 16]  # full_batch: every rank feeds the global batch
+    names = [n for n in result["shapes"] if n.endswith((".moe.experts.w_in", ".moe.experts.w_out", ".moe.experts.b_in",
+                                                        ".moe.experts.b_out", "attention.query.weight",
+                                                        "attention.key.weight", "attention.value.weight",
+                                                        "attention.out.weight", "ffn.w_in.weight",
+                                                        "ffn.w_out.weight", "ffn.w_in.bias"))]
+    # 2 sparse layers' experts; q/k/v/out weights of 4 blocks + query layer; FFN w_in, w_out, bias of 2 dense + query
+    assert len(names) == 2 * 4 + 4 * 5 + 3 * 3
+    assert _layout_mismatches(result, names) == []
+    experts = result["layouts"]["network.blocks.1.moe.experts.w_in"]
+    assert experts[2] == [2, 256, 512]  # 8 experts over ep 4, FFN 1024 over tp 2
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the attention query/key/value biases stay whole (their "
+                                       "parameter_plan layout is not applied; the weights' is)")
+def test_auto_mode_lays_out_every_parameter_as_layout_py(auto_forward):
+    _, out, result = auto_forward
+    assert _layout_mismatches(result, list(result["shapes"])) == []
+
+
+def test_auto_mode_exchange_is_an_all_to_all_over_the_expert_group(auto_forward):
+    _, out, result = auto_forward
+    moe = [c for c in result["collectives"] if "moe-MoELayer" in c["scope"] and "router-" not in c["scope"]]
+    ep_group = [0, 2, 4, 6]  # rank 0: one rank per token group with its tensor-parallel index, ep 4
+    exchange = [c for c in moe if c["op"] == "AlltoAll"]
+    # dispatch and combine of the two sparse layers, forward only; nothing else moves between dispatch and combine
+    assert len(exchange) == 4 and all(c["ranks"] == ep_group for c in exchange), out
+    assert [c for c in moe if c["op"] != "AlltoAll" and not (c["op"] == "AllReduce" and c["kind"] == "forward_op")] \
+        == []
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: with the exchange's intermediate layout (C split over mp) pinned by "
+                                       "no op, MindSpore sends the full payload (the plain exchange), no TP AllGather")
+def test_auto_mode_groupwise_exchange_gathers_in_the_tensor_parallel_group(auto_forward):
+    _, out, result = auto_forward
+    assert any(c["op"] == "AllGather" and c["ranks"] == [0, 1] and "moe-MoELayer" in c["scope"]
+               for c in result["collectives"])
+
+
+def test_bad_input_is_one_line(tmp_path):
+    for args, message in ((["model_configs/nope.yaml"], "model_configs/nope.yaml: config not found"),
+                          (["model_configs/tiny_cpu.yaml", "--devices", "6"],
+                           "--devices 6: must be a positive multiple of parallel_config.devices_per_node (4)")):
+        proc = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}" and not proc.stdout
