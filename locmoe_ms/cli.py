@@ -8,7 +8,8 @@ from pathlib import Path
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's INFO/WARNING lines would drown the progress output
 
 from locmoe_ms.config import ROUTER_GATES, load_config  # noqa: E402
-from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.errors import ArgumentParser, exits_on_bad_input  # noqa: E402
+from locmoe_ms.paths import input_file, output_dir  # noqa: E402
 
 
 def _common(parser: ArgumentParser) -> None:
@@ -35,9 +36,10 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(args.config, overrides)
+    output_dir(args.output_dir, "--output-dir")
+    if args.init_from:
+        input_file(args.init_from, "--init-from", "checkpoint")
     from locmoe_ms.train.loop import train  # imports MindSpore: after the cheap checks
-    if args.init_from and not Path(args.init_from).is_file():
-        raise UserInputError(f"--init-from {args.init_from}: checkpoint not found")
     train(cfg, Path(args.output_dir), resume=args.resume, init_from=Path(args.init_from) if args.init_from else None)
     return 0
 
@@ -51,8 +53,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if not Path(args.checkpoint).is_file():
-        raise UserInputError(f"--checkpoint {args.checkpoint}: checkpoint not found")
+    input_file(args.checkpoint, "--checkpoint", "checkpoint")
     from locmoe_ms.train.loop import evaluate_checkpoint
     result = evaluate_checkpoint(cfg, Path(args.checkpoint))
     if args.json:

@@ -17,6 +17,7 @@ from typing import Any, List
 import yaml
 
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input
+from locmoe_ms.paths import input_file
 
 # Router name -> the gate it learns (None: a fixed, parameter-free assignment). The router registry in
 # locmoe_ms.moe.routers is keyed by the same names; a test keeps the two in step.
@@ -307,9 +308,10 @@ def config_from_dict(raw: Any) -> Config:
 
 def read_yaml(path: str | Path) -> dict:
     """Parse a YAML file; a missing file or malformed YAML is a one-line ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    try:
+        path = input_file(path, what="config file")
+    except UserInputError as err:
+        raise ConfigError(str(err)) from None
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -393,9 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML file, for example model_configs/tiny_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value (parsed as YAML); repeatable")
+    parser.add_argument("--rank-table", metavar="FILE", help="also check that parallel_config describes this HCCL "
+                        "rank table's servers and devices (what every rank checks at start-up)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    from locmoe_ms.parallel.topology import Topology  # no MindSpore: checks only
+
+    topology = Topology.from_config(cfg)
+    if args.rank_table:
+        topology.check_rank_table(input_file(args.rank_table, "--rank-table", "rank table"))
+    if not args.quiet:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
 

@@ -142,7 +142,7 @@ def _assert_one_line_error(run, *parts):
 def test_bad_data_path(tmp_path):
     run = _train(tmp_path / "out", "--max-steps", "2", "--set", "data.corpus=files",
                  "--set", f"data.paths=[{tmp_path / 'missing.txt'}]")
-    _assert_one_line_error(run, "missing.txt", "no such file")
+    _assert_one_line_error(run, "missing.txt", "file not found")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     run = _train(tmp_path / "out", "--max-steps", "2", "--set", "data.corpus=files", "--set", f"data.paths=[{empty}]")

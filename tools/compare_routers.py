@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from locmoe_ms.config import ROUTER_GATES, load_config  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.paths import output_dir, output_file  # noqa: E402
 
 
 def routing_summary(records: list[dict]) -> dict:
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         raise UserInputError(f"--steps {args.steps}: must be >= 1")
     load_config(args.config, args.overrides)  # bad config or override: one line before any training starts
-    out = Path(args.output_dir)
+    out = output_dir(args.output_dir, "--output-dir")
+    if args.json:
+        output_file(args.json, "--json")
     if any(out.glob("*/checkpoints/*.ckpt")):
         raise UserInputError(f"--output-dir {out}: holds runs already; choose another directory")
     rows = [train_router(args.config, r, args.steps, out / r, args.overrides) for r in routers]

@@ -17,7 +17,7 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's INFO/WARNING lines
 
 from locmoe_ms.ckpt.paths import format_of, refuse_overwrite, require_exists, require_format  # noqa: E402
 from locmoe_ms.config import ROUTER_GATES  # noqa: E402
-from locmoe_ms.errors import ArgumentParser, exits_on_bad_input  # noqa: E402
+from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
 
 HELP = {
     "inspect": "Parameter names, shapes and dtypes; model parameter count (optimizer moments not counted), "
@@ -66,8 +66,9 @@ def _format(args) -> None:
 
 
 def _merge(args) -> None:
-    for item in args.inputs:
-        require_exists(item)
+    for item in args.inputs:  # rank directories or shard files
+        if not Path(item).exists():
+            raise UserInputError(f"{item}: not found (a rank directory or a shard checkpoint)")
     format_of(args.output)
     refuse_overwrite(args.output, args.inputs)
     from locmoe_ms.ckpt import io

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_v", "3")
 
 from locmoe_ms.config import ConfigError, load_config  # noqa: E402
-from locmoe_ms.errors import ArgumentParser, exits_on_bad_input  # noqa: E402
+from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.paths import output_dir  # noqa: E402
 
 
 @exits_on_bad_input
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="a new directory for the three .mindrecord files")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if Path(args.output).exists():
+        raise UserInputError(f"--output {args.output}: already exists; choose a new directory (nothing is "
+                             f"overwritten)")
+    output_dir(args.output, "--output")
     if cfg.data.corpus == "mindrecord":
         raise ConfigError("data.corpus = 'mindrecord': already packed; name the source corpus to preprocess")
     from locmoe_ms.data.mindrecord import write_splits

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from locmoe_ms.errors import UserInputError
+from locmoe_ms.paths import input_file
 
 FORMATS = {".ckpt": "ckpt", ".safetensors": "safetensors"}
 
@@ -25,10 +26,8 @@ def require_format(output: str | Path, fmt: str) -> None:
 
 
 def require_exists(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"{path}: not found")
-    return path
+    """An input checkpoint file (a directory is named as such)."""
+    return input_file(path, what="checkpoint")
 
 
 def refuse_overwrite(output: str | Path, inputs: list[str | Path]) -> None:

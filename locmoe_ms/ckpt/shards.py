@@ -217,7 +217,7 @@ def split(path: Path, output_dir: Path, expert_parallel: int, model_parallel: in
     """Write one shard per rank; `whole` keeps tensors whole along the model axis (CPU ranks hold them so)."""
     params, meta = io.read(path)
     cfg = io.config_of(path, meta)
-    world = world or expert_parallel * model_parallel
+    world = expert_parallel * model_parallel if world is None else world
     _check_split(cfg, expert_parallel, model_parallel, world, whole)
     _check_full(path, params, meta, cfg)
     new = shard_config(cfg, expert_parallel, model_parallel, world)

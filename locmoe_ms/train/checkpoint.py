@@ -16,6 +16,7 @@ import mindspore as ms
 from mindspore import nn
 
 from locmoe_ms.errors import UserInputError
+from locmoe_ms.paths import input_file
 
 NAME = re.compile(r"^step_(\d{8})\.ckpt$")
 # Parameters rebuilt from the config rather than restored: the optimizer's learning-rate schedule array.
@@ -86,9 +87,7 @@ def _quiet_logs():
 def load(path: str | Path, file_format: str = "ckpt") -> tuple[dict, dict]:
     """(parameters, metadata) of a checkpoint (.ckpt, or .safetensors written by tools/convert_ckpt.py); a
     missing, corrupted or truncated file is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: checkpoint not found")
+    path = input_file(path, what="checkpoint")
     if path.stat().st_size == 0:
         raise UserInputError(f"{path}: checkpoint is empty")
     try:

@@ -1,0 +1,62 @@
+"""Checks on path arguments before any work starts: one line naming the argument, the path and what is wrong."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from locmoe_ms.errors import UserInputError
+
+
+def _name(label: str, path: Path) -> str:
+    return f"{label} {path}" if label else str(path)
+
+
+def input_file(path: str | Path, label: str = "", what: str = "file") -> Path:
+    """An existing, readable regular file (a directory is named as such, not as 'not found')."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{_name(label, path)}: is a directory; expected a {what}")
+    if not path.exists():
+        raise UserInputError(f"{_name(label, path)}: {what} not found")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise UserInputError(f"{_name(label, path)}: not a readable {what}")
+    return path
+
+
+def input_dir(path: str | Path, label: str = "", what: str = "directory") -> Path:
+    """An existing directory (a file is named as such)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{_name(label, path)}: is a file; expected a {what}")
+    if not path.is_dir():
+        raise UserInputError(f"{_name(label, path)}: {what} not found")
+    return path
+
+
+def output_dir(path: str | Path, label: str = "") -> Path:
+    """A directory to write into: an existing directory, or a path whose nearest existing ancestor is a writable
+    directory (created later by the writer). Nothing is created here."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UserInputError(f"{_name(label, path)}: is a file; expected a directory to write into")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserInputError(f"{_name(label, path)}: directory is not writable")
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"{_name(label, path)}: {ancestor} is a file, so no directory can be made there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"{_name(label, path)}: {ancestor} is not writable")
+    return path
+
+
+def output_file(path: str | Path, label: str = "") -> Path:
+    """A file to write: not a directory, in a directory that exists or can be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{_name(label, path)}: is a directory; expected a file to write")
+    output_dir(path.absolute().parent, label)
+    return path
