@@ -187,7 +187,8 @@ def compile_step(args) -> dict:
     if Path(strategy).is_file():
         from mindspore.parallel import build_searched_strategy
 
-        out["strategy_ckpt"] = {k: str(v) for k, v in build_searched_strategy(strategy).items()}
+        out["strategy_ckpt"] = {k: {"dev_matrix": list(v.dev_matrix[0].dim), "tensor_map": list(v.tensor_map[0].dim)}
+                                for k, v in build_searched_strategy(strategy).items()}
     return out
 
 
@@ -228,6 +229,8 @@ def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
     evidence = {"ir": str(ir), "collectives": [c.to_dict() for c in collectives]}
     if result["mode"] == "auto":
         problems += dryrun.layout_problems(result["layouts"], result["shapes"], sizes, topo, rank)
+        problems += dryrun.checkpoint_problems(result["layouts"], result.get("strategy_ckpt", {}),
+                                               result["shapes"])
         unlisted = dryrun.unlisted_redistributions(collectives, topo, rank)
         evidence["unlisted"] = [c.to_dict() for c in unlisted]
         evidence["intended"] = check_strategies(sizes, tensor_sizes(cfg, sizes)).redistributions

@@ -12,8 +12,38 @@ from pathlib import Path
 
 from mindspore import nn
 
+from locmoe_ms.model.layers import BiasAdd
+from locmoe_ms.model.loss import CrossEntropy
 from locmoe_ms.model.network import build_model
 from locmoe_ms.parallel.context import apply_shard_strategies, set_parallel_context
+
+
+class AutodiffBiasAdd(nn.Cell):
+    """BiasAdd's forward with MindSpore's own backward pass."""
+    construct = BiasAdd.construct
+
+
+class AutodiffCrossEntropy(nn.Cell):
+    """CrossEntropy's forward with MindSpore's own backward pass."""
+    construct = CrossEntropy.construct
+
+
+# Cells whose custom backward pass (there for speed on CPU) auto-parallel cannot partition: in the dry-run compile
+# BiasAdd's kept the attention biases whole and made a row-parallel projection fail in the backward pass ("Bprop
+# MatMulExt ... 256 and 128"), and CrossEntropy's gathered the whole [tokens, vocabulary] logits on every rank.
+AUTODIFF: dict[type, type] = {BiasAdd: AutodiffBiasAdd, CrossEntropy: AutodiffCrossEntropy}
+
+
+def use_autodiff(network: nn.Cell) -> list[str]:
+    """Replace the AUTODIFF cells of `network` in place (same forward, no parameters); returns their paths."""
+    replaced = []
+    cells = dict(network.cells_and_names())
+    for path, cell in list(cells.items()):
+        if type(cell) in AUTODIFF:
+            parent, _, attr = path.rpartition(".")
+            setattr(cells[parent] if parent else network, attr, AUTODIFF[type(cell)]())
+            replaced.append(path)
+    return replaced
 
 
 def build_auto_model(cfg, init_from: Path | None = None, strategy_file: str | None = None) -> tuple[nn.Cell, slice]:
@@ -27,5 +57,6 @@ def build_auto_model(cfg, init_from: Path | None = None, strategy_file: str | No
 
         params, _ = checkpoint.load(init_from)
         checkpoint.restore(loss_net, params, init_from)
+    use_autodiff(loss_net)
     apply_shard_strategies(loss_net, cfg)
     return loss_net, slice(None)

@@ -18,7 +18,6 @@ Known gap (see strategies.py): the Dispatcher's global ScatterNd/Gather have no 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +162,7 @@ def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
     cells = dict(network.cells_and_names())
     for entry in plan.cells:
         params = {name: layout_of(mesh, t) for name, t in entry.parameters.items() if t is not None}
-        out = (layout_of(mesh, entry.output),) if entry.output is not None and os.environ.get("LOCMOE_OUT_STRATEGY", "1") == "1" else None
+        out = (layout_of(mesh, entry.output),) if entry.output is not None else None
         cells[entry.path].shard(in_strategy=tuple(layout_of(mesh, t) for t in entry.inputs), out_strategy=out,
                                 parameter_plan=params or None)
     for where, op in plan.primitives:

@@ -5,7 +5,8 @@ A dry-run compile (stand-in CANN libraries, MS_SIMULATION_LEVEL=0) runs MindSpor
 - the `step_parallel_end` IR: every AllGather / AlltoAll / AllReduce / ReduceScatter MindSpore inserted or the
   model asked for, with its group's ranks and the cell scope it belongs to (`parse_collectives`);
 - `parameter_layout_dict` (auto mode): each parameter's device matrix, tensor map and slice shape, compared with
-  parallel/layout.py's splits and Topology's rank order (`layout_problems`);
+  parallel/layout.py's splits and Topology's rank order (`layout_problems`) and with the strategy checkpoint
+  MindSpore saves (`checkpoint_problems`);
 - the expected communication of the exchange (`expert_exchange_problems`) and the redistributions
   parallel/strategies.py does not list (`unlisted_redistributions`).
 Pure Python: no MindSpore import, so tests can check saved results cheaply.
@@ -179,6 +180,38 @@ def layout_problems(layouts: Mapping[str, Sequence], shapes: Mapping[str, Sequen
     return problems
 
 
+def normalized(device_matrix: Sequence[int], tensor_map: Sequence) -> tuple[tuple[int, ...], tuple]:
+    """A layout without device-matrix axes of size 1 (MindSpore writes [1, 4, 2] or [4, 2] for the same layout)."""
+    n = len(device_matrix)
+    keep = [i for i in range(n) if device_matrix[i] != 1]
+    new_index = {n - 1 - i: len(keep) - 1 - k for k, i in enumerate(keep)}  # tensor-map value -> new value
+
+    def remap(entry):
+        if isinstance(entry, (list, tuple)):
+            return tuple(v for v in (remap(e) for e in entry) if v != -1) or -1
+        return new_index.get(entry, -1)
+
+    return tuple(device_matrix[i] for i in keep), tuple(remap(e) for e in tensor_map)
+
+
+def checkpoint_problems(layouts: Mapping[str, Sequence], checkpoint: Mapping[str, Mapping],
+                        names: Iterable[str]) -> list[str]:
+    """Parameters (`names`, and whatever else the checkpoint holds) whose layout in MindSpore's strategy checkpoint
+    (dev_matrix, tensor_map) differs from parameter_layout_dict's, or that the checkpoint lacks: the two records
+    of one compile must agree."""
+    problems = []
+    for name in sorted(set(names) | (set(checkpoint) & set(layouts))):
+        layout, saved = layouts.get(name), checkpoint.get(name)
+        if layout is None:
+            problems.append(f"{name}: no layout in parameter_layout_dict")
+        elif saved is None:
+            problems.append(f"{name}: not in the strategy checkpoint")
+        elif normalized(saved["dev_matrix"], saved["tensor_map"]) != normalized(layout[0], layout[1]):
+            problems.append(f"{name}: strategy checkpoint {saved['dev_matrix']} {saved['tensor_map']}, "
+                            f"parameter_layout_dict {list(layout[0])} {list(layout[1])}")
+    return problems
+
+
 # ------------------------------------------------------------------ communication checks
 
 def in_moe(scope: str) -> bool:
@@ -213,6 +246,7 @@ def unlisted_redistributions(collectives: Sequence[Collective], topology: Topolo
     exchange's AlltoAll (ep) / AllGather (mp) inside the MoE layer and row-parallel / global sums (AllReduce).
     Gradient mirrors and backward-pass collectives (the adjoints of forward ones) are not counted."""
     intended = intended_groups(topology, rank)
+    intended["AllReduce"].add(tuple(range(topology.world)))  # a flag agreed by every rank (loss-scale overflow)
     out = []
     for c in collectives:
         if c.gradient or c.op not in intended:
