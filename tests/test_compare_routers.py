@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "compare_routers.py"
 SMALL = ["--set", "model.hidden_size=64", "--set", "model.ffn_hidden_size=128", "--set", "model.seq_length=32",
@@ -17,17 +19,32 @@ def _run(*args, timeout=600):
 
 
 def test_two_routers_side_by_side(tmp_path):
-    out = _run("--routers", "hash,locmoe", "--steps", "3", "--output-dir", tmp_path / "cmp", "--json",
+    out = _run("--routers", "hash,locmoe", "--steps", "4", "--output-dir", tmp_path / "cmp", "--json",
                tmp_path / "rows.json", *SMALL)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [r["router"] for r in rows] == ["hash", "locmoe"]
     lines = out.stdout.splitlines()
     assert lines[1].split()[:3] == ["router", "valid", "ppl"]
-    hash_line = lines[2].split()
-    assert hash_line[0] == "hash" and hash_line[2] == "1.000" and float(hash_line[1]) == round(rows[0]["valid_ppl"], 1)
-    assert rows[0]["dropped"] >= 0 and 1 <= rows[1]["experts_used"] <= 8
-    assert all((tmp_path / "cmp" / r / "summary.json").is_file() for r in ("hash", "locmoe"))
+    runs = {}
+    for router in ("hash", "locmoe"):  # each row against that router's own run, counted here independently
+        summary = json.loads((tmp_path / "cmp" / router / "summary.json").read_text())
+        metrics = [json.loads(line) for line in (tmp_path / "cmp" / router / "metrics.jsonl").read_text().splitlines()]
+        last = metrics[-1:]  # 4 steps: the last quarter is the last step
+        layers = [layer for record in last for layer in record["moe_layers"]]
+        runs[router] = {"ppl": summary["valid_ppl"], "unigram": summary["unigram_valid_ppl"],
+                        "dropped": sum(layer["dropped_share"] for layer in layers) / len(layers),
+                        "used": sum(sum(n > 0 for n in layer["tokens_per_expert"]) for layer in layers) / len(layers)}
+    hash_ppl = runs["hash"]["ppl"]
+    for line, row in zip(lines[2:4], rows):
+        run = runs[row["router"]]
+        cells = line.split()
+        assert cells[0] == row["router"] and float(cells[1]) == round(run["ppl"], 1)
+        assert float(cells[2]) == round(run["ppl"] / hash_ppl, 3)  # ratio to the first router's perplexity
+        assert float(cells[3]) == round(run["ppl"] / run["unigram"], 3)
+        assert row["dropped"] == pytest.approx(run["dropped"]) and row["experts_used"] == pytest.approx(run["used"])
+    assert float(lines[3].split()[2]) != 1.0  # locmoe's ratio is not the reference's own
+    assert lines[4].startswith("machine: ") and f"MindSpore {rows[0]['machine']['mindspore']}" in lines[4]
 
 
 def test_bad_router_and_steps_are_one_line(tmp_path):

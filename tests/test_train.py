@@ -62,6 +62,11 @@ def test_metrics_jsonl_schema(tmp_path):
     assert "step 4/4" in run.stderr and "tok/s" in run.stderr and "ETA" in run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["valid_ppl"] == pytest.approx(records[3]["valid_ppl"])
+    import mindspore
+    import numpy
+    assert summary["device"] == "CPU"
+    assert (summary["machine"]["cores"], summary["machine"]["mindspore"], summary["machine"]["numpy"]) == \
+        (os.cpu_count(), mindspore.__version__, numpy.__version__)
 
 
 @pytest.mark.parametrize("scaling", [[], ["--set", "train.loss_scale=dynamic", "--set", "train.loss_scale_window=2",

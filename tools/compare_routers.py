@@ -5,7 +5,9 @@ Every router gets the same config, data order, seed and number of steps (one loc
 compiled state is shared); the table gives the final validation perplexity, its ratio to the first router's, the
 unigram perplexity of the same split, and the routing statistics averaged over the last quarter of the steps:
 dropped share, share routed to an expert on the token's node, and how many experts got any token. Perplexities
-are deterministic for a given config; tokens/s is not (machine noise), so it is not compared.
+repeat bit for bit for a given config on one machine, not across machines (another CPU model, core count or
+MindSpore/NumPy build adds floats in another order: 188.7 here was 192.3 on another machine), so the table names the
+machine; tokens/s is machine noise and not compared.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def train_router(config: str, router: str, steps: int, out: Path, overrides: lis
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"router": router, "valid_ppl": summary["valid_ppl"], "unigram": summary["unigram_valid_ppl"],
-            **routing_summary(records)}
+            "machine": summary["machine"], **routing_summary(records)}
 
 
 @exits_on_bad_input
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['router']:8} {row['valid_ppl']:10.1f} {row['valid_ppl'] / reference:7.3f} "
               f"{row['valid_ppl'] / row['unigram']:9.3f} {row['dropped']:8.1%} {row['local']:6.1%} "
               f"{row['experts_used']:13.1f}")
+    m = rows[0]["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, MindSpore {m['mindspore']}, NumPy {m['numpy']} (perplexities "
+          f"repeat on this machine, not across machines)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -26,7 +26,7 @@ from locmoe_ms.parallel.exchange import TRAFFIC_KINDS
 from locmoe_ms.train import checkpoint
 from locmoe_ms.train.optim import build_optimizer, learning_rates
 from locmoe_ms.train.step import TrainStep
-from locmoe_ms.train.telemetry import MetricsLog, Progress
+from locmoe_ms.train.telemetry import MetricsLog, Progress, machine
 
 
 def resolve_device(choice: str) -> str:
@@ -254,7 +254,7 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
                     **training.shard_meta}
             checkpoint.save(step_cell, ckpt_dir, step, meta, cfg.train.keep_checkpoints)
     summary = {"steps": cfg.train.max_steps, "router": cfg.moe_config.router, "valid_ppl": valid_ppl,
-               "unigram_valid_ppl": unigram}
+               "unigram_valid_ppl": unigram, "device": device, "machine": machine()}
     print(f"done: validation perplexity {valid_ppl if valid_ppl is None else round(valid_ppl, 2)} | unigram "
           f"perplexity of the same split {unigram:.2f}", flush=True)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))

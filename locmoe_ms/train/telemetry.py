@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -42,3 +44,22 @@ class Progress:
         eta = int(rate * (self.total - step))
         print(f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | "
               f"ETA {eta // 60}m{eta % 60:02d}s{extra}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    """What a figure was measured on: losses and perplexities repeat bit for bit on one machine (a killed run resumes
+    exactly), but another CPU model, core count or MindSpore/NumPy build sums floats in another order."""
+    import mindspore
+    import numpy
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return {"cpu": model, "cores": os.cpu_count(), "mindspore": mindspore.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "system": f"{platform.system()} {platform.machine()}"}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
