@@ -9,7 +9,8 @@
 #            [--devices D] [--server-ip IP] [--hccn-conf FILE] [--timeout S] [--output-root DIR] [--dry-run]
 #            [-- locmoe-train args ...]
 #
-#   CONFIG             a YAML config; its parallel_config must describe N*D devices
+#   CONFIG             a YAML config; its parallel_config must describe N*D devices (nodes N, devices_per_node
+#                      D), checked against the merged table before any rank is listed or started
 #   --servers N        servers in the job, 1..9999; the same on every server
 #   --server-index I   this server's index, 0..N-1; its ranks are I*D .. I*D+D-1 and server 0 merges the tables
 #   --table-dir DIR    an existing directory that every server sees at this path (NFS); the files go to DIR/ID/

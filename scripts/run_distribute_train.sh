@@ -8,7 +8,10 @@
 #
 #   RANK_TABLE_FILE    the job's rank table (tools/hccl_tools.py, tools/merge_hccl.py); checked first with
 #                      tools/check_rank_table.py
-#   CONFIG             a YAML config; its parallel_config must describe the table's devices
+#   CONFIG             a YAML config; its parallel_config must describe the table's devices (nodes servers of
+#                      devices_per_node devices each). Checked before anything is listed or started, as every rank
+#                      checks it at start-up: locmoe-check-config CONFIG --rank-table RANK_TABLE_FILE with the
+#                      --set overrides among the locmoe-train args and the ranks' two --set below
 #   RANK_START         the first rank of this server (default 0; the second server of 8-device servers: 8)
 #   LOCAL_DEVICE_NUM   ranks to start here, 1..8 (default: the table's devices of this server from RANK_START on);
 #                      they must all be devices of one server
@@ -39,6 +42,17 @@ need_int RANK_START "$start" 0
 need_file CONFIG "$2"
 need_command "$PYTHON" "set PYTHON to the interpreter that has MindSpore"
 "$PYTHON" "$ROOT/tools/check_rank_table.py" "$1" >/dev/null || exit 2  # its problems: one line each
+# What every rank checks at start-up, checked here first: the config with the ranks' overrides (the --set options
+# among the locmoe-train arguments, then the two the ranks get last) and that it describes the table.
+sets=()
+for ((i = 0; i < ${#extra[@]}; i++)); do
+    case ${extra[i]} in
+        --set) sets+=("${extra[@]:i:2}"); i=$((i + 1)) ;;  # "--set" alone: check-config's one line says so
+        --set=*) sets+=("${extra[i]}") ;;
+    esac
+done
+"$PYTHON" -m locmoe_ms.config "$2" --quiet --rank-table "$1" "${sets[@]}" --set parallel_config.communicator=hccl \
+    --set train.device_target=ascend || exit 2  # its problem: one line
 table=$(absolute "$1") config=$(absolute "$2") out_root=$(absolute "$out_root")
 
 # The table's size, then "rank device_id" for each rank to start here.

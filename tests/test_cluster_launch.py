@@ -1,7 +1,8 @@
 """scripts/run_cluster_train.sh makes the job's rank table at launch: 1, 2 and 4 servers simulated as background
 processes over one shared temporary directory (each with its own hccn.conf and server IP, all --dry-run), a missing
-server timing out with one line, files of an earlier launch of the same job never taken, bad arguments, and one
-launch that really starts its ranks (a stand-in for the training process)."""
+server timing out with one line, files of an earlier launch of the same job never taken, bad arguments, a config
+that does not describe the merged table (one line, nothing started), and one launch that really starts its ranks (a
+stand-in for the training process)."""
 import json
 import os
 import re
@@ -13,12 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.test_rank_tables import hccn_conf
-from tests.test_scripts import ASCEND, FAKE_PYTHON, parse_dry_run, tree
+from tests.test_scripts import ASCEND, FAKE_PYTHON, parse_dry_run, tiny_config, tree
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "scripts" / "run_cluster_train.sh"
 ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHON": sys.executable,
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin{os.pathsep}/bin"}  # no hccn_tool
+
+
+def config_for(tmp_path, servers, devices):
+    """The job's config, tmp_path/cfg-{servers}x{devices}.yaml: a small valid config of servers x devices, which the
+    launch checks against the merged table."""
+    path = tmp_path / f"cfg-{servers}x{devices}.yaml"
+    return path if path.exists() else tiny_config(path, servers, devices)
 
 
 def device_ip(net, server, device):
@@ -36,20 +44,20 @@ def expected_table(servers, devices, net="192.98"):
 
 @pytest.fixture
 def cluster(tmp_path):
-    """Starts simulated servers (`start`), all sharing tmp_path/tables; kills any left running at the end."""
+    """Starts simulated servers (`start`), all sharing tmp_path/tables and by default the config of servers x
+    devices (config_for); kills any left running at the end."""
     (tmp_path / "tables").mkdir()
-    (tmp_path / "cfg.yaml").write_text("model: {}\n")  # a dry run does not read it
     procs = []
 
-    def start(index, servers, devices, job="job1", net="192.98", timeout=30, dry_run=True, env=None):
+    def start(index, servers, devices, job="job1", net="192.98", timeout=30, dry_run=True, env=None, config=None):
         conf = tmp_path / f"hccn-{net}-{index}.conf"
         conf.write_text(hccn_conf([device_ip(net, index, d) for d in range(devices)]))
         cwd = tmp_path / f"server{index}-{job}-{len(procs)}"  # the server's own working directory
         cwd.mkdir()
-        args = [tmp_path / "cfg.yaml", "--servers", servers, "--server-index", index, "--table-dir",
-                tmp_path / "tables", "--job-id", job, "--devices", devices, "--server-ip", f"10.0.0.{index}",
-                "--hccn-conf", conf, "--timeout", timeout, *(["--dry-run"] if dry_run else []), "--",
-                "--max-steps", "3"]
+        args = [config or config_for(tmp_path, servers, devices), "--servers", servers, "--server-index", index,
+                "--table-dir", tmp_path / "tables", "--job-id", job, "--devices", devices, "--server-ip",
+                f"10.0.0.{index}", "--hccn-conf", conf, "--timeout", timeout, *(["--dry-run"] if dry_run else []),
+                "--", "--max-steps", "3"]
         proc = subprocess.Popen(["bash", str(LAUNCHER), *map(str, args)], cwd=cwd, env={**ENV, **(env or {})},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         proc.cwd = cwd
@@ -87,8 +95,9 @@ def check_servers(procs, tmp_path, servers, devices, job="job1", net="192.98"):
             entry["env"].pop("PYTHONPATH")
             assert entry["env"] == {"RANK_TABLE_FILE": str(table_path), "RANK_SIZE": str(servers * devices),
                                     "RANK_ID": str(rank), "DEVICE_ID": str(rank - index * devices)}
-            assert entry["cmd"] == [sys.executable, "-m", "locmoe_ms.cli", "--config", str(tmp_path / "cfg.yaml"),
-                                    "--max-steps", "3", "--output-dir", rank_dir, *ASCEND]
+            assert entry["cmd"] == [sys.executable, "-m", "locmoe_ms.cli", "--config",
+                                    str(config_for(tmp_path, servers, devices)), "--max-steps", "3", "--output-dir",
+                                    rank_dir, *ASCEND]
         assert tree(proc.cwd) == []  # a dry run writes in the table directory only
     assert json.loads(table_path.read_text()) == expected_table(servers, devices, net)
 
@@ -171,7 +180,7 @@ BAD_ARGUMENTS = {
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, case):
     """Nothing written: not even the job's directory in --table-dir."""
     args, expected = BAD_ARGUMENTS[case]
-    (tmp_path / "cfg.yaml").write_text("model: {}\n")
+    tiny_config(tmp_path / "cfg.yaml", 2, 2)  # GOOD's 2 servers x 2 devices
     (tmp_path / "ok.conf").write_text(hccn_conf([device_ip("192.98", 0, d) for d in range(2)]))
     (tmp_path / "short.conf").write_text(hccn_conf([device_ip("192.98", 0, 0)]))
     good = ["--servers", "2", "--server-index", "0", "--table-dir", "{d}", "--job-id", "j", "--devices", "2",
@@ -204,7 +213,34 @@ def test_launch_starts_the_ranks_from_the_merged_table(tmp_path, cluster):
     assert json.loads(table.read_text()) == expected_table(1, 2)
     for rank in (0, 1):
         record = json.loads((records / f"rank_{rank}.json").read_text())
-        assert record["argv"] == ["--config", str(tmp_path / "cfg.yaml"), "--max-steps", "3", "--output-dir",
+        assert record["argv"] == ["--config", str(config_for(tmp_path, 1, 2)), "--max-steps", "3", "--output-dir",
                                   str(proc.cwd / f"train_parallel{rank}"), *ASCEND]
         assert {k: record["env"][k] for k in ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "DEVICE_ID")} == {
             "RANK_TABLE_FILE": str(table), "RANK_SIZE": "2", "RANK_ID": str(rank), "DEVICE_ID": str(rank)}
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_config_of_another_topology_stops_with_one_line(tmp_path, cluster, dry_run):
+    """One server of 2 devices with a config of 2 nodes x 1 device: the table is made, then run_distribute_train.sh
+    stops on one line naming the merged table and what the config asks for, exit 2, no rank listed or started.
+    A launch (no --dry-run) reports the exchange's progress on stderr before that line, as it always does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    records = tmp_path / "records"
+    records.mkdir()
+    proc = cluster(0, 1, 2, dry_run=dry_run, config=tiny_config(tmp_path / "other.yaml", 2, 1),
+                   env={"PYTHON": str(bin_dir / "python"), "RECORDS": str(records)})
+    code, out, err = finish(proc)
+    table = tmp_path / "tables" / "job1" / "hccl_2p_01_10.0.0.0.json"
+    lines = err.splitlines()
+    assert (code, out) == (2, "") and lines and "Traceback" not in err, err
+    assert lines[-1] == (f"error: RANK_TABLE_FILE {table}: 1 servers with [2] devices each; parallel_config asks "
+                         "for nodes = 2 with devices_per_node = 1"), err
+    if dry_run:
+        assert len(lines) == 1, err
+    else:
+        assert all(line.startswith("job job1, server 0 of 1: ") for line in lines[:-1]), err
+    assert json.loads(table.read_text()) == expected_table(1, 2)
+    assert tree(proc.cwd) == [] and list(records.iterdir()) == []

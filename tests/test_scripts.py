@@ -2,6 +2,7 @@
 rank table (nothing started, nothing written), run_distribute_train.sh's start/wait/report path with a stand-in
 for the training process, and a real 2-process training run on CPU through msrun."""
 import json
+import math
 import os
 import re
 import shlex
@@ -43,16 +44,20 @@ os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
 FAKE_MSRUN = "#!/bin/sh\ntouch \"$RECORDS/msrun_ran\"\n"
 
 
-def tiny_config(path):
-    """conftest.small_config's sizes on 2 nodes x 1 device (data and expert parallel 2), byte tokens, 3 steps."""
-    path.write_text("""\
-model: {hidden_size: 32, num_heads: 2, ffn_hidden_size: 64, vocab_size: 257, seq_length: 32, num_layers: 2,
-        sparse_layers: [1]}
-moe_config: {expert_num: 4, router: locmoe}
-parallel_config: {nodes: 2, devices_per_node: 1, data_parallel: 2, expert_parallel: 2}
-train: {batch_size: 2, warmup_steps: 0, max_steps: 3, log_every: 1, eval_every: 100, eval_batches: 2,
-        save_every: 100}
-data: {corpus: wiki_en, tokenizer: byte, max_documents: 300}
+def tiny_config(path, nodes=2, devices_per_node=1):
+    """conftest.small_config's sizes on nodes x devices_per_node (default 2 x 1), byte tokens, 3 steps: data
+    parallel over every device, expert_parallel gcd(devices, 4) (it divides data_parallel and the 4 experts), one
+    sequence per data-parallel rank (at least 2). A launcher's config must describe its rank table."""
+    data_parallel = nodes * devices_per_node
+    path.write_text(f"""\
+model: {{hidden_size: 32, num_heads: 2, ffn_hidden_size: 64, vocab_size: 257, seq_length: 32, num_layers: 2,
+        sparse_layers: [1]}}
+moe_config: {{expert_num: 4, router: locmoe}}
+parallel_config: {{nodes: {nodes}, devices_per_node: {devices_per_node}, data_parallel: {data_parallel},
+                  expert_parallel: {math.gcd(data_parallel, 4)}}}
+train: {{batch_size: {max(2, data_parallel)}, warmup_steps: 0, max_steps: 3, log_every: 1, eval_every: 100,
+        eval_batches: 2, save_every: 100}}
+data: {{corpus: wiki_en, tokenizer: byte, max_documents: 300}}
 """)
     return path
 
@@ -66,8 +71,9 @@ def tool(name, *args, cwd):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Inputs shared by the tests, outside each test's own directory: the 2-server table built as a user would
-    (hccl_tools.py per server, merge_hccl.py), a one-server table of devices 4-7, an invalid table, a config, and
-    the stand-ins for the training process and msrun."""
+    (hccl_tools.py per server, merge_hccl.py), a one-server table of devices 4-7, an invalid table, a 2 x 1 config
+    (cfg: the msrun and standalone launchers) and one for each table (table_cfg: 2 x 8, upper_cfg: 1 x 4), and the
+    stand-ins for the training process and msrun."""
     d = tmp_path_factory.mktemp("inputs")
     (d / "a.conf").write_text(hccn_conf())
     (d / "b.conf").write_text(hccn_conf(OTHER_IPS))
@@ -85,7 +91,9 @@ def files(tmp_path_factory):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     return {"table": d / "hccl_2s_16p.json", "upper": d / "upper" / "hccl_4p_4567_10.0.0.9.json",
-            "bad_table": d / "bad.json", "cfg": tiny_config(d / "tiny.yaml"), "bin": bin_dir}
+            "bad_table": d / "bad.json", "cfg": tiny_config(d / "tiny.yaml"),
+            "table_cfg": tiny_config(d / "tiny-2x8.yaml", 2, 8), "upper_cfg": tiny_config(d / "tiny-1x4.yaml", 1, 4),
+            "bin": bin_dir}
 
 
 @pytest.fixture
@@ -173,24 +181,48 @@ BAD_ARGUMENTS = {
     "msrun too many arguments": ("run_msrun_train.sh", ["{cfg}", "16", "8", SERVERS[0], "8118", "1", "extra"],
                                  ["unexpected argument 'extra'"]),
     "distribute too few arguments": ("run_distribute_train.sh", ["{table}"], ["expected RANK_TABLE_FILE CONFIG"]),
-    "distribute local devices 9": ("run_distribute_train.sh", ["{table}", "{cfg}", "0", "9"],
+    "distribute local devices 9": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "0", "9"],
                                    ["LOCAL_DEVICE_NUM = '9': must be an integer 1..8"]),
-    "distribute local devices 0": ("run_distribute_train.sh", ["{table}", "{cfg}", "0", "0", "--dry-run"],
+    "distribute local devices 0": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "0", "0", "--dry-run"],
                                    ["LOCAL_DEVICE_NUM = '0': must be an integer 1..8"]),
-    "distribute rank start not a number": ("run_distribute_train.sh", ["{table}", "{cfg}", "first"],
+    "distribute rank start not a number": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "first"],
                                            ["RANK_START = 'first'"]),
-    "distribute rank start past the table": ("run_distribute_train.sh", ["{table}", "{cfg}", "16"],
+    "distribute rank start past the table": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "16"],
                                              ["RANK_START = 16", "hccl_2s_16p.json has ranks 0..15"]),
-    "distribute devices of two servers": ("run_distribute_train.sh", ["{table}", "{cfg}", "4", "8"],
+    "distribute devices of two servers": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "4", "8"],
                                           ["LOCAL_DEVICE_NUM = 8", f"server {SERVERS[0]}", "4 devices from rank 4"]),
-    "distribute invalid table": ("run_distribute_train.sh", ["{bad_table}", "{cfg}", "--dry-run"],
+    "distribute invalid table": ("run_distribute_train.sh", ["{bad_table}", "{table_cfg}", "--dry-run"],
                                  ['bad.json: version = "2.0": must be "1.0"']),
-    "distribute missing table": ("run_distribute_train.sh", ["nowhere.json", "{cfg}"],
+    "distribute missing table": ("run_distribute_train.sh", ["nowhere.json", "{table_cfg}"],
                                  ["nowhere.json: no such file"]),
     "distribute missing config": ("run_distribute_train.sh", ["{table}", "nowhere.yaml"],
                                   ["CONFIG = 'nowhere.yaml'"]),
-    "distribute unknown option": ("run_distribute_train.sh", ["{table}", "{cfg}", "--bogus"],
+    "distribute unknown option": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "--bogus"],
                                   ["unknown option '--bogus'"]),
+    # the config is checked against the table (and with the --set overrides) as every rank would check it
+    "distribute config of another topology": ("run_distribute_train.sh", ["{table}", "{cfg}", "--dry-run"],
+                                              ["RANK_TABLE_FILE {table}: 2 servers with [8] devices each",
+                                               "parallel_config asks for nodes = 2 with devices_per_node = 1"]),
+    "distribute config of another topology, launch": ("run_distribute_train.sh", ["{table}", "{cfg}", "8", "2"],
+                                                      ["RANK_TABLE_FILE {table}",
+                                                       "nodes = 2 with devices_per_node = 1"]),
+    "distribute override of nodes": ("run_distribute_train.sh",
+                                     ["{table}", "{table_cfg}", "--dry-run", "--", "--max-steps", "3", "--set",
+                                      "parallel_config.nodes=3"],
+                                     ["{table_cfg}: parallel_config.data_parallel = 16",
+                                      "must equal nodes * devices_per_node (24)"]),
+    "distribute overrides of another topology": ("run_distribute_train.sh",
+                                                 ["{table}", "{table_cfg}", "--", "--set=parallel_config.nodes=4",
+                                                  "--set=parallel_config.devices_per_node=4"],
+                                                 ["RANK_TABLE_FILE {table}: 2 servers with [8] devices each",
+                                                  "nodes = 4 with devices_per_node = 4"]),
+    "distribute bad override value": ("run_distribute_train.sh",
+                                      ["{table}", "{table_cfg}", "--dry-run", "--", "--set", "train.batch_size=24"],
+                                      ["{table_cfg}: train.batch_size = 24",
+                                       "divisible by parallel_config.data_parallel (16)"]),
+    "distribute override without value": ("run_distribute_train.sh",
+                                          ["{table}", "{table_cfg}", "--dry-run", "--", "--set"],
+                                          ["argument --set: expected one argument"]),
 }
 
 
@@ -198,6 +230,7 @@ BAD_ARGUMENTS = {
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, files, records, case):
     script, args, expected = BAD_ARGUMENTS[case]
     args = [arg.format(**files) for arg in args]
+    expected = [text.format(**files) for text in expected]
     out = launch(script, *args, cwd=tmp_path, files=files, records=records)
     lines = out.stderr.splitlines()
     assert out.returncode == 2 and out.stdout == "" and len(lines) == 1, out.stderr
@@ -207,7 +240,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, files, records, case):
 
 def test_distribute_dry_run_second_server(tmp_path, files, records):
     """The second server of the 2 x 8 table: ranks 8..15 on devices 0..7, RANK_SIZE 16, one directory each."""
-    ranks = dry_run("run_distribute_train.sh", files["table"], files["cfg"], "8", "--output-root", "out",
+    ranks = dry_run("run_distribute_train.sh", files["table"], files["table_cfg"], "8", "--output-root", "out",
                     "--dry-run", "--", "--max-steps", "3", tmp_path=tmp_path, files=files, records=records)
     assert list(ranks) == list(range(8, 16))
     for rank, entry in ranks.items():
@@ -216,24 +249,37 @@ def test_distribute_dry_run_second_server(tmp_path, files, records):
         assert entry["env"] == {"RANK_TABLE_FILE": str(files["table"]), "RANK_SIZE": "16", "RANK_ID": str(rank),
                                 "DEVICE_ID": str(rank - 8)}
         assert (entry["cwd"], entry["log"]) == (rank_dir, f"{rank_dir}/log")
-        assert entry["cmd"] == [str(files["bin"] / "python"), "-m", "locmoe_ms.cli", "--config", str(files["cfg"]),
-                                "--max-steps", "3", "--output-dir", rank_dir, *ASCEND]
+        assert entry["cmd"] == [str(files["bin"] / "python"), "-m", "locmoe_ms.cli", "--config",
+                                str(files["table_cfg"]), "--max-steps", "3", "--output-dir", rank_dir, *ASCEND]
 
 
 def test_distribute_dry_run_defaults_and_subsets(tmp_path, files, records):
-    first = dry_run("run_distribute_train.sh", "--dry-run", files["table"], files["cfg"], tmp_path=tmp_path,
+    first = dry_run("run_distribute_train.sh", "--dry-run", files["table"], files["table_cfg"], tmp_path=tmp_path,
                     files=files, records=records)
     assert list(first) == list(range(8))
     assert [(e["env"]["RANK_ID"], e["env"]["DEVICE_ID"], e["cwd"]) for e in first.values()] == [
         (str(r), str(r), str(tmp_path / f"train_parallel{r}")) for r in range(8)]
-    part = dry_run("run_distribute_train.sh", files["table"], files["cfg"], "12", "2", "--dry-run",
+    part = dry_run("run_distribute_train.sh", files["table"], files["table_cfg"], "12", "2", "--dry-run",
                    tmp_path=tmp_path, files=files, records=records)
     assert [(e["env"]["RANK_ID"], e["env"]["DEVICE_ID"]) for e in part.values()] == [("12", "4"), ("13", "5")]
     # DEVICE_ID is the table's device_id: a server that lists devices 4..7 runs ranks 0..3 on them
-    upper = dry_run("run_distribute_train.sh", files["upper"], files["cfg"], "--dry-run", tmp_path=tmp_path,
+    upper = dry_run("run_distribute_train.sh", files["upper"], files["upper_cfg"], "--dry-run", tmp_path=tmp_path,
                     files=files, records=records)
     assert [(e["env"]["RANK_ID"], e["env"]["DEVICE_ID"], e["env"]["RANK_SIZE"]) for e in upper.values()] == [
         (str(r), str(r + 4), "4") for r in range(4)]
+
+
+def test_distribute_checks_the_config_with_the_overrides(tmp_path, files, records):
+    """The check sees the config the ranks see: --set overrides in both forms make the 2 x 1 config describe the
+    2 x 8 table, and the ranks get them as given, before the launcher's own two."""
+    overrides = ["--set", "parallel_config.devices_per_node=8", "--set=parallel_config.data_parallel=16",
+                 "--max-steps", "3", "--set", "parallel_config.expert_parallel=4", "--set=train.batch_size=16"]
+    ranks = dry_run("run_distribute_train.sh", files["table"], files["cfg"], "8", "1", "--dry-run", "--",
+                    *overrides, tmp_path=tmp_path, files=files, records=records)
+    rank_dir = str(tmp_path / "train_parallel8")
+    assert list(ranks) == [8] and ranks[8]["cmd"] == [
+        str(files["bin"] / "python"), "-m", "locmoe_ms.cli", "--config", str(files["cfg"]), *overrides,
+        "--output-dir", rank_dir, *ASCEND]
 
 
 def test_msrun_dry_run_second_node(tmp_path, files, records):
@@ -297,7 +343,7 @@ def test_standalone_dry_run(tmp_path, files, records):
 
 
 def test_distribute_starts_every_rank_waits_and_reports_failures(tmp_path, files, records):
-    out = launch("run_distribute_train.sh", files["table"], files["cfg"], "8", "3", "--output-root", "out", "--",
+    out = launch("run_distribute_train.sh", files["table"], files["table_cfg"], "8", "3", "--output-root", "out", "--",
                  "--max-steps", "3", cwd=tmp_path, files=files, records=records, env={"FAIL_RANKS": "9"})
     started = {int(p.stem.split("_")[1]): json.loads(p.read_text()) for p in records.iterdir()}
     assert out.returncode == 1, out.stderr
@@ -308,8 +354,8 @@ def test_distribute_starts_every_rank_waits_and_reports_failures(tmp_path, files
     for rank, record in started.items():
         rank_dir = tmp_path / "out" / f"train_parallel{rank}"
         assert record["cwd"] == str(rank_dir)
-        assert record["argv"] == ["--config", str(files["cfg"]), "--max-steps", "3", "--output-dir", str(rank_dir),
-                                  *ASCEND]
+        assert record["argv"] == ["--config", str(files["table_cfg"]), "--max-steps", "3", "--output-dir",
+                                  str(rank_dir), *ASCEND]
         assert record["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
         assert {k: record["env"][k] for k in ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "DEVICE_ID")} == {
             "RANK_TABLE_FILE": str(files["table"]), "RANK_SIZE": "16", "RANK_ID": str(rank),
@@ -318,7 +364,7 @@ def test_distribute_starts_every_rank_waits_and_reports_failures(tmp_path, files
 
 
 def test_distribute_all_ranks_succeed(tmp_path, files, records):
-    out = launch("run_distribute_train.sh", files["table"], files["cfg"], "0", "2", cwd=tmp_path, files=files,
+    out = launch("run_distribute_train.sh", files["table"], files["table_cfg"], "0", "2", cwd=tmp_path, files=files,
                  records=records)
     assert sorted(p.name for p in records.iterdir()) == ["rank_0.json", "rank_1.json"]
     assert (out.returncode, out.stderr) == (0, ""), out.stderr
