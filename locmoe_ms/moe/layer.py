@@ -13,6 +13,33 @@ from locmoe_ms.parallel.exchange import build_exchange
 from locmoe_ms.parallel.placement import Placement
 
 
+class GroupwiseLayouts(nn.Cell):
+    """Auto-parallel only: identity slices of the [E, G, C, h] buffer whose shard strategies (parallel/strategies.py,
+    exchange.*) pin the group-wise exchange's intermediate layouts, so MindSpore sends 1/mp of the slots over the
+    expert-parallel group and gathers them inside the tensor-parallel group rather than sending the full payload.
+    Values pass unchanged."""
+
+    def __init__(self, experts: int, groups: int, capacity: int, hidden: int):
+        super().__init__()
+        self.shape = (experts, groups, capacity, hidden)
+        self.send_slice, self.send_all_to_all, self.send_all_gather = (ops.StridedSlice() for _ in range(3))
+        self.return_slice, self.return_all_to_all, self.return_all_gather = (ops.StridedSlice() for _ in range(3))
+
+    def _through(self, x, first, second, third):
+        y = x.reshape(self.shape)
+        begin, strides = (0, 0, 0, 0), (1, 1, 1, 1)
+        y = third(second(first(y, begin, self.shape, strides), begin, self.shape, strides), begin, self.shape, strides)
+        return y.reshape(x.shape)
+
+    def dispatched(self, buffer):
+        """[E, G*C, h] on its way to the experts."""
+        return self._through(buffer, self.send_slice, self.send_all_to_all, self.send_all_gather)
+
+    def returned(self, expert_out):
+        """[E, G*C, h] on its way back to the token groups."""
+        return self._through(expert_out, self.return_slice, self.return_all_to_all, self.return_all_gather)
+
+
 class MoELayer(nn.Cell):
     """construct(x [T, h], token_ids [T], domain_ids [T]) ->
     (y [T, h], aux_loss, locality_loss, tokens_per_expert [E], dropped_share, local_share, bytes_sent [3]).
@@ -42,6 +69,9 @@ class MoELayer(nn.Cell):
         local = placement.topology.group_local_mask().astype(np.float32)
         self.local_mask = Tensor(local.reshape(-1))
         self.token_group_offset = Tensor(np.repeat(np.array(groups, dtype=np.int32) * moe.expert_num, per_group))
+        auto_groupwise = par.mode == "auto" and par.exchange == "groupwise" and par.model_parallel > 1
+        self.layouts = GroupwiseLayouts(moe.expert_num, len(groups), capacity, cfg.model.hidden_size) \
+            if auto_groupwise else None
 
     @property
     def capacity(self) -> int:
@@ -51,7 +81,12 @@ class MoELayer(nn.Cell):
         index, score, _, aux, loc = self.router(x, token_ids, domain_ids)
         slot, kept, load = self.dispatcher.assign(index)
         fill = ops.minimum(load, float(self.dispatcher.capacity))
-        expert_out, bytes_sent = self.exchange(self.dispatcher.dispatch(x, slot), fill)
+        buffer = self.dispatcher.dispatch(x, slot)
+        if self.layouts is not None:
+            buffer = self.layouts.dispatched(buffer)
+        expert_out, bytes_sent = self.exchange(buffer, fill)
+        if self.layouts is not None:
+            expert_out = self.layouts.returned(expert_out)
         y = self.dispatcher.combine(expert_out, slot, score)
         load = self.data_sum(load)
         dropped_share = 1.0 - self.data_sum(kept.sum()) / self.global_tokens

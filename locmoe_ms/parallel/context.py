@@ -66,6 +66,12 @@ PRIMITIVE_OPS: dict[tuple[str, str], str] = {
     ("Dispatcher", "pad_slots"): "combine.pad",
     ("Dispatcher", "gather_slots"): "dispatch",
     ("Dispatcher", "gather_tokens"): "combine",
+    ("GroupwiseLayouts", "send_slice"): "exchange.send_slice",
+    ("GroupwiseLayouts", "send_all_to_all"): "exchange.all_to_all",
+    ("GroupwiseLayouts", "send_all_gather"): "exchange.all_gather",
+    ("GroupwiseLayouts", "return_slice"): "exchange.return_slice",
+    ("GroupwiseLayouts", "return_all_to_all"): "exchange.return_all_to_all",
+    ("GroupwiseLayouts", "return_all_gather"): "exchange.return_all_gather",
     ("Experts", "bmm_in"): "experts.w_in",
     ("Experts", "bmm_out"): "experts.w_out",
     ("PanGuSigmaLM", "logits_matmul"): "head.logits",
@@ -167,8 +173,10 @@ def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
                                 parameter_plan=params or None)
     for where, op in plan.primitives:
         path, _, attr = where.rpartition(".")
-        # numeric strategies: GatherD has no cost model for Layout strategies ("SetCostUnderLayout failed"); the
-        # repeated mp copies go innermost, Topology's order, as long as the op splits no expert axis
+        # numeric strategies where no input splits the expert axis (GatherD has no cost model for Layout strategies:
+        # "SetCostUnderLayout failed"; numerically the repeated mp copies go innermost, Topology's order); Layouts
+        # where one does, which pin the (edp, ep, mp) rank order
+        expert = any("ep" in axes for t in OPS[op].inputs for _, axes in t)
         getattr(cells[path], attr).shard(numeric[op])
     return plan
 
