@@ -213,5 +213,10 @@ def test_bad_input_is_one_line(tmp_path):
     for args, message in ((["model_configs/nope.yaml"], "model_configs/nope.yaml: config not found"),
                           (["model_configs/tiny_cpu.yaml", "--devices", "6"],
                            "--devices 6: must be a positive multiple of parallel_config.devices_per_node (4)")):
-        proc = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}" and not proc.stdout
+    # no stub libraries cached and no compiler on PATH
+    proc = subprocess.run([sys.executable, str(TOOL), "model_configs/tiny_cpu.yaml"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, "PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stderr.strip() == ("error: building the stand-in CANN libraries needs gcc, "
+                                                            "g++, nm, readelf; missing: gcc, g++, nm, readelf")

@@ -14,6 +14,7 @@ Exit 0: compiled and checks pass; 1: compile failed or a check failed; 2: bad in
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -47,13 +48,8 @@ def parse_args(argv: list[str] | None):
                         help="train: the train step (gradients, optimizer, loss scale); forward: the loss network")
     parser.add_argument("--stub-dir", help="stand-in CANN libraries (default: built once into the cache)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the compile (default 900)")
-    parser.add_argument(CHILD_FLAG, dest="child", help=argparse_hidden())
+    parser.add_argument(CHILD_FLAG, dest="child", help=argparse.SUPPRESS)  # internal: the compiling child
     return parser.parse_args(argv)
-
-
-def argparse_hidden() -> str:
-    import argparse
-    return argparse.SUPPRESS
 
 
 def load(args):
