@@ -24,7 +24,7 @@ def _layer_with_random_weights(router: str, hidden: int, rng):
         layer.router.gate.weight.set_data(Tensor(gate_w))
         gate_w = gate_w.T
     else:
-        gate_w = layer.router.gate.weight_t.asnumpy().T
+        gate_w = layer.router.gate.weight.asnumpy()
     return layer, gate_w
 
 
