@@ -22,6 +22,8 @@ from locmoe_ms.paths import input_file
 # Router name -> the gate it learns (None: a fixed, parameter-free assignment). The router registry in
 # locmoe_ms.moe.routers is keyed by the same names; a test keeps the two in step.
 ROUTER_GATES = {"locmoe": "grap", "switch": "dense", "hash": None, "rre": None}
+# Vocabulary of each data.tokenizer (GPT-2 BPE's 50257 ids; 256 bytes + end of document), known without loading it.
+TOKENIZER_VOCAB = {"gpt2": 50257, "byte": 257}
 
 
 class ConfigError(UserInputError):
@@ -240,7 +242,7 @@ def _build_section(name: str, raw: Any):
 
 def _check_relations(cfg: Config) -> None:
     """Rules that tie several fields together."""
-    m, moe, par, tr = cfg.model, cfg.moe_config, cfg.parallel_config, cfg.train
+    m, moe, tr = cfg.model, cfg.moe_config, cfg.train
     if m.hidden_size % m.num_heads:
         raise ConfigError(f"model.hidden_size = {m.hidden_size}: must be divisible by model.num_heads ({m.num_heads})")
     for idx in m.sparse_layers:
@@ -252,26 +254,10 @@ def _check_relations(cfg: Config) -> None:
     if ROUTER_GATES[moe.router] == "grap" and m.hidden_size < moe.expert_num:
         raise ConfigError(f"moe_config.expert_num = {moe.expert_num}: the GrAP gate of router '{moe.router}' needs "
                           f"expert_num <= model.hidden_size ({m.hidden_size})")
-    if moe.expert_num % par.expert_parallel:
-        raise ConfigError(f"parallel_config.expert_parallel = {par.expert_parallel}: must divide "
-                          f"moe_config.expert_num ({moe.expert_num})")
     if moe.expert_num % moe.rre_groups:
         raise ConfigError(f"moe_config.rre_groups = {moe.rre_groups}: must divide moe_config.expert_num "
                           f"({moe.expert_num})")
-    world = cfg.virtual_devices
-    if par.data_parallel * par.model_parallel != world:
-        raise ConfigError(f"parallel_config.data_parallel = {par.data_parallel}: data_parallel * model_parallel "
-                          f"({par.data_parallel} * {par.model_parallel}) must equal nodes * devices_per_node ({world})")
-    if par.data_parallel % par.expert_parallel:
-        raise ConfigError(f"parallel_config.expert_parallel = {par.expert_parallel}: must divide "
-                          f"parallel_config.data_parallel ({par.data_parallel})")
-    tokens = tr.batch_size * m.seq_length
-    if tokens % world:
-        raise ConfigError(f"train.batch_size = {tr.batch_size}: batch_size * model.seq_length ({tokens}) must be "
-                          f"divisible by nodes * devices_per_node ({world})")
-    if tr.batch_size % par.data_parallel:
-        raise ConfigError(f"train.batch_size = {tr.batch_size}: must be divisible by parallel_config.data_parallel "
-                          f"({par.data_parallel})")
+    check_parallel_sizes(cfg)
     if tr.inject_overflow_steps and tr.loss_scale == "none":
         raise ConfigError(f"train.inject_overflow_steps = {tr.inject_overflow_steps}: needs train.loss_scale dynamic "
                           f"or fixed (with 'none' nothing detects the overflow)")
@@ -289,6 +275,55 @@ def _check_relations(cfg: Config) -> None:
     if cfg.data.valid_fraction + cfg.data.test_fraction >= 0.5:
         raise ConfigError(f"data.test_fraction = {cfg.data.test_fraction}: valid_fraction + test_fraction must be "
                           f"< 0.5")
+
+
+def check_vocabulary(cfg: Config) -> None:
+    """The tokenizer's ids must fit the embedding (a rule of the data pipeline, checked by load_config so that
+    locmoe-check-config and every entry point stop before any data or MindSpore work; configs built in code for
+    models without data skip it)."""
+    tokenizer_vocab = TOKENIZER_VOCAB[cfg.data.tokenizer]
+    if not cfg.data.vocab_limit and cfg.model.vocab_size < tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: smaller than the {cfg.data.tokenizer} "
+                          f"tokenizer's vocabulary ({tokenizer_vocab}); raise it or set data.vocab_limit (byte "
+                          f"fallback)")
+
+
+def check_parallel_sizes(cfg: Config) -> None:
+    """Every rule on the parallel sizes, in one place: the config loader, Topology and the shard strategies use it,
+    so locmoe-check-config rejects whatever a launch would reject."""
+    m, moe, par, tr = cfg.model, cfg.moe_config, cfg.parallel_config, cfg.train
+    dp, mp, ep, world = par.data_parallel, par.model_parallel, par.expert_parallel, cfg.virtual_devices
+    rules = (
+        (dp * mp != world, "parallel_config.data_parallel", dp,
+         f"data_parallel * model_parallel ({dp} * {mp}) must equal nodes * devices_per_node ({world})"),
+        (par.devices_per_node % mp, "parallel_config.model_parallel", mp,
+         f"must divide devices_per_node ({par.devices_per_node}): a tensor-parallel group stays inside a node"),
+        (moe.expert_num % ep, "parallel_config.expert_parallel", ep,
+         f"must divide moe_config.expert_num ({moe.expert_num})"),
+        (dp % ep, "parallel_config.expert_parallel", ep, f"must divide parallel_config.data_parallel ({dp})"),
+        (m.num_heads % mp, "model.num_heads", m.num_heads, f"must be divisible by parallel_config.model_parallel ({mp})"),
+        (m.hidden_size % mp, "model.hidden_size", m.hidden_size,
+         f"must be divisible by parallel_config.model_parallel ({mp})"),
+        (m.ffn_hidden_size % mp, "model.ffn_hidden_size", m.ffn_hidden_size,
+         f"must be divisible by parallel_config.model_parallel ({mp})"),
+        (tr.batch_size % dp, "train.batch_size", tr.batch_size,
+         f"must be divisible by parallel_config.data_parallel ({dp})"),
+        ((tr.batch_size * m.seq_length) % world, "train.batch_size", tr.batch_size,
+         f"batch_size * model.seq_length ({tr.batch_size * m.seq_length}) must be divisible by nodes * "
+         f"devices_per_node ({world})"),
+    )
+    for bad, key, value, allowed in rules:
+        if bad:
+            raise ConfigError(f"{key} = {value}: {allowed}")
+    if par.mode == "auto" and mp > 1:
+        from locmoe_ms.moe.capacity import expert_capacity  # scipy: only where needed
+
+        capacity = expert_capacity(tr.batch_size * m.seq_length // dp * ep, moe.capacity_factor, ep,
+                                   moe.expert_num, moe.min_capacity)
+        if capacity % mp:
+            raise ConfigError(f"moe_config.capacity_factor = {moe.capacity_factor}: in auto mode the capacity per "
+                              f"token group and expert ({capacity}) must be a multiple of model_parallel ({mp}); "
+                              f"change capacity_factor, min_capacity or train.batch_size")
 
 
 def config_from_dict(raw: Any) -> Config:
@@ -373,32 +408,44 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a YAML config; errors are prefixed with the file name."""
     raw = apply_overrides(read_config_tree(path), overrides or [])
     try:
-        return config_from_dict(raw)
+        cfg = config_from_dict(raw)
+        check_vocabulary(cfg)
+        return cfg
     except ConfigError as err:
         msg = str(err)
         raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
 def field_help(section: str) -> dict[str, str]:
-    """Key -> allowed values and help text, for docs and --help."""
+    """Key -> allowed values, default and help text (locmoe-check-config --explain)."""
     cls = _SECTION_TYPES[section]
     hints = typing.get_type_hints(cls)
-    return {f.name: f"{_describe_rule(dict(f.metadata), hints[f.name])}. {f.metadata.get('help', '')}".strip()
+    defaults = dataclasses.asdict(cls())
+    return {f.name: f"{_describe_rule(dict(f.metadata), hints[f.name])} (default {defaults[f.name]!r}). "
+                    f"{f.metadata.get('help', '')}".strip()
             for f in dataclasses.fields(cls)}
-
 
 
 @exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """locmoe-check-config: validate a config (with overrides) and print it fully resolved as YAML."""
     parser = ArgumentParser(prog="locmoe-check-config", description=main.__doc__)
-    parser.add_argument("config", help="YAML file, for example model_configs/tiny_cpu.yaml")
+    parser.add_argument("config", nargs="?", help="YAML file, for example model_configs/tiny_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value (parsed as YAML); repeatable")
+    parser.add_argument("--explain", action="store_true", help="list every key with its allowed values, default "
+                        "and meaning, and exit")
     parser.add_argument("--rank-table", metavar="FILE", help="also check that parallel_config describes this HCCL "
                         "rank table's servers and devices (what every rank checks at start-up)")
     parser.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
     args = parser.parse_args(argv)
+    if args.explain:
+        for section in SECTIONS:
+            for key, text in field_help(section).items():
+                print(f"{section}.{key}: {text}")
+        return 0
+    if args.config is None:
+        parser.error("the following arguments are required: config")
     cfg = load_config(args.config, args.overrides)
     from locmoe_ms.parallel.topology import Topology  # no MindSpore: checks only
 

@@ -101,3 +101,52 @@ def test_exponent_without_decimal_point_is_a_number():
     assert cfg.train.learning_rate == 3e-4 and cfg.train.min_learning_rate == 1e-5
     with pytest.raises(ConfigError, match="model.hidden_size = '2e2': must be an integer"):
         load_config(str(ROOT / "model_configs" / "tiny_cpu.yaml"), ["model.hidden_size=2e2"])
+
+
+# Configs that a launch used to reject only after start-up (Topology, the shard strategies, the exchange, the data
+# pipeline); locmoe-check-config must reject each first, with the key, its value and the rule.
+REJECTED_AT_LAUNCH = [
+    (["parallel_config.devices_per_node=3", "parallel_config.data_parallel=3", "parallel_config.expert_parallel=1",
+      "parallel_config.model_parallel=2", "train.batch_size=6", "model.seq_length=128"],
+     "parallel_config.model_parallel = 2: must divide devices_per_node (3)"),
+    (["data.vocab_limit=0"], "model.vocab_size = 8192: smaller than the gpt2 tokenizer's vocabulary (50257)"),
+    (["model.num_heads=3", "model.hidden_size=258", "parallel_config.model_parallel=2",
+      "parallel_config.data_parallel=4", "parallel_config.expert_parallel=4"],
+     "model.num_heads = 3: must be divisible by parallel_config.model_parallel (2)"),
+    (["model.ffn_hidden_size=1025", "parallel_config.model_parallel=2", "parallel_config.data_parallel=4",
+      "parallel_config.expert_parallel=4"], "model.ffn_hidden_size = 1025: must be divisible by"),
+    (["parallel_config.expert_parallel=3"], "parallel_config.expert_parallel = 3: must divide moe_config.expert_num"),
+    (["parallel_config.mode=auto", "parallel_config.model_parallel=2", "parallel_config.data_parallel=4",
+      "parallel_config.expert_parallel=4", "moe_config.capacity_factor=1.22"],
+     "in auto mode the capacity per token group and expert (79) must be a multiple of model_parallel (2)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", REJECTED_AT_LAUNCH, ids=[m[:40] for _, m in REJECTED_AT_LAUNCH])
+def test_check_config_rejects_what_a_launch_rejects(overrides, message):
+    args = [a for o in overrides for a in ("--set", o)]
+    out = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE), *args], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def test_tokenizer_vocabularies_are_the_real_ones():
+    from locmoe_ms.config import TOKENIZER_VOCAB
+    from locmoe_ms.data.tokenizer import build_tokenizer
+    assert {name: build_tokenizer(name).vocab_size for name in TOKENIZER_VOCAB} == TOKENIZER_VOCAB
+
+
+def test_explain_lists_every_key_with_its_rule():
+    out = subprocess.run([sys.executable, "-m", "locmoe_ms.config", "--explain"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    import dataclasses
+    import typing
+    from locmoe_ms.config import Config
+    keys = [f"{section}.{f.name}" for section, cls in typing.get_type_hints(Config).items()
+            for f in dataclasses.fields(cls)]
+    assert [line.split(":")[0] for line in lines if not line.startswith(" ")] == keys
+    assert "train.loss_scale: one of dynamic, fixed, none (default 'none'). dynamic: MindSpore's" in out.stdout
+    assert "model.hidden_size: an integer >= 1 (default 256)" in out.stdout

@@ -25,17 +25,6 @@ def test_groups_with_expert_replicas_dp8_ep4():
     assert topo.experts_of_rank(6) == [4, 5]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"model_parallel": 3}, "parallel_config.model_parallel = 3: must divide devices_per_node (4) so a tensor-parallel group stays in a node"),
-    ({"expert_parallel": 3}, "parallel_config.expert_parallel = 3: must divide the data-parallel size (8) and "
-                             "expert_num (8)"),
-])
-def test_invalid_groups_are_one_clear_line(kwargs, message):
-    with pytest.raises(UserInputError) as err:
-        Topology(nodes=2, devices_per_node=4, expert_num=8, **kwargs)
-    assert str(err.value) == message
-
-
 def _table(path, servers, devices):
     path.write_text(json.dumps({"version": "1.0", "server_count": str(servers), "status": "completed", "server_list": [
         {"server_id": f"10.0.0.{s + 1}", "host_nic_ip": "reserve", "device": [

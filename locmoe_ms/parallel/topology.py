@@ -24,12 +24,9 @@ class Topology:
     placement: tuple[tuple[int, ...], ...] | None = None  # optional explicit expert -> devices holding a copy
 
     def __post_init__(self) -> None:
-        if self.devices_per_node % self.model_parallel:
-            raise UserInputError(f"parallel_config.model_parallel = {self.model_parallel}: must divide "
-                                 f"devices_per_node ({self.devices_per_node}) so a tensor-parallel group stays in a node")
-        if self.token_groups % self.expert_parallel or self.expert_num % self.expert_parallel:
-            raise UserInputError(f"parallel_config.expert_parallel = {self.expert_parallel}: must divide the data-parallel "
-                                 f"size ({self.token_groups}) and expert_num ({self.expert_num})")
+        # invariants; the user-facing rules on these sizes are config.check_parallel_sizes (one place for all)
+        assert self.devices_per_node % self.model_parallel == 0, "a tensor-parallel group must stay in a node"
+        assert self.token_groups % self.expert_parallel == 0 and self.expert_num % self.expert_parallel == 0
         if self.placement is not None and len(self.placement) != self.expert_num:
             raise UserInputError(f"placement has {len(self.placement)} entries: need one per expert ({self.expert_num})")
 

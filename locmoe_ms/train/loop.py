@@ -13,7 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from locmoe_ms.config import Config, ConfigError
+from locmoe_ms.config import Config, ConfigError, check_vocabulary
 from locmoe_ms.data.dataset import BatchStream, eval_batches, load_splits
 from locmoe_ms.data.tokenizer import build_tokenizer
 from locmoe_ms.errors import UserInputError
@@ -66,10 +66,8 @@ def set_context(cfg: Config) -> str:
 
 
 def prepare_data(cfg: Config):
+    check_vocabulary(cfg)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
-    if not cfg.data.vocab_limit and tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: smaller than the {cfg.data.tokenizer} "
-                          f"tokenizer's vocabulary ({tokenizer.vocab_size})")
     return load_splits(cfg.data, cfg.model.seq_length, tokenizer)
 
 
