@@ -1,1 +1,2 @@
-"""Topology and (later) communicators and exchanges."""
+"""Parallelism: topology and placement, communicators (local, cpu, hccl), the expert exchange, shard strategies and
+layouts, MindSpore's auto-parallel context (auto mode) and the Ascend dry-run compile checks."""
