@@ -33,23 +33,24 @@ def input_dir(path: str | Path, label: str = "", what: str = "directory") -> Pat
     return path
 
 
+def _writable_ancestor(path: Path, name: str) -> None:
+    """The nearest existing ancestor of `path` (or `path` itself) is a writable directory."""
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"{name}: {ancestor} is a file, so nothing can be written under it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"{name}: {ancestor} is not writable")
+
+
 def output_dir(path: str | Path, label: str = "") -> Path:
     """A directory to write into: an existing directory, or a path whose nearest existing ancestor is a writable
     directory (created later by the writer). Nothing is created here."""
     path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise UserInputError(f"{_name(label, path)}: is a file; expected a directory to write into")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UserInputError(f"{_name(label, path)}: directory is not writable")
-        return path
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserInputError(f"{_name(label, path)}: {ancestor} is a file, so no directory can be made there")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UserInputError(f"{_name(label, path)}: {ancestor} is not writable")
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{_name(label, path)}: is a file; expected a directory to write into")
+    _writable_ancestor(path, _name(label, path))
     return path
 
 
@@ -58,5 +59,5 @@ def output_file(path: str | Path, label: str = "") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"{_name(label, path)}: is a directory; expected a file to write")
-    output_dir(path.absolute().parent, label)
+    _writable_ancestor(path.absolute().parent, _name(label, path))
     return path

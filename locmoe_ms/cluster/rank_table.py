@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from locmoe_ms.errors import UserInputError
+from locmoe_ms.paths import output_dir, output_file
 
 VERSION = "1.0"
 STATUS = "completed"
@@ -181,8 +182,8 @@ def device_ips(devices: list[int], hccn_conf: str | None) -> dict[int, str]:
         raise UserInputError(f"{again}: IP {ip} is also given on {first}: every device needs its own IP")
     for device in devices:
         if device not in found:
-            raise UserInputError(f"{hccn_conf or DEFAULT_HCCN_CONF}: no address_{device}=IP line, and device "
-                                 f"{device} is asked for by --device_num")
+            raise UserInputError(f"{hccn_conf or DEFAULT_HCCN_CONF}: no address_{device}=IP line; the table needs "
+                                 f"the IP of each of its devices {', '.join(map(str, devices))}")
     return {device: found[device][0] for device in devices}
 
 
@@ -239,10 +240,8 @@ def output_path(output: str | None, name: str, file_allowed: bool) -> Path:
         return Path(name)
     target = Path(output)
     if target.is_dir() or output.endswith(("/", os.sep)) or not file_allowed:
-        if target.exists() and not target.is_dir():
-            raise UserInputError(f"--output = {output!r}: is a file; must be a directory")
-        return target / name
-    return target
+        return output_dir(target, "--output") / name
+    return output_file(target, "--output")
 
 
 def write_table(table: dict, path: Path, inputs: Iterable[Path] = ()) -> None:
