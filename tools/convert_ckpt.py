@@ -15,9 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's INFO/WARNING lines
 
-from locmoe_ms.ckpt.paths import format_of, refuse_overwrite, require_exists, require_format  # noqa: E402
+from locmoe_ms.ckpt.paths import (format_of, output_checkpoint, refuse_overwrite, require_exists,  # noqa: E402
+                                  require_format)
 from locmoe_ms.config import ROUTER_GATES  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.paths import output_dir  # noqa: E402
 
 HELP = {
     "inspect": "Parameter names, shapes and dtypes; model parameter count (optimizer moments not counted), "
@@ -60,7 +62,7 @@ def _inspect(args) -> None:
 def _format(args) -> None:
     format_of(require_exists(args.ckpt))
     require_format(args.output, args.to)
-    refuse_overwrite(args.output, [args.ckpt])
+    output_checkpoint(args.output, [args.ckpt])
     from locmoe_ms.ckpt.io import convert
     print(f"wrote {convert(Path(args.ckpt), Path(args.output), args.to)}")
 
@@ -69,8 +71,7 @@ def _merge(args) -> None:
     for item in args.inputs:  # rank directories or shard files
         if not Path(item).exists():
             raise UserInputError(f"{item}: not found (a rank directory or a shard checkpoint)")
-    format_of(args.output)
-    refuse_overwrite(args.output, args.inputs)
+    output_checkpoint(args.output, args.inputs)
     from locmoe_ms.ckpt import io
     from locmoe_ms.ckpt.shards import merge, shard_files
     files = shard_files(args.inputs, args.step)
@@ -81,6 +82,7 @@ def _merge(args) -> None:
 
 def _split(args) -> None:
     require_exists(args.full)
+    output_dir(args.output, "--output")
     from locmoe_ms.ckpt.shards import split
     targets = split(Path(args.full), Path(args.output), args.expert_parallel, args.model_parallel, args.world,
                     args.whole_tensors)
@@ -89,8 +91,7 @@ def _split(args) -> None:
 
 def _upcycle(args) -> None:
     require_exists(args.dense)
-    format_of(args.output)
-    refuse_overwrite(args.output, [args.dense])
+    output_checkpoint(args.output, [args.dense])
     from locmoe_ms.ckpt import io
     from locmoe_ms.ckpt.upcycle import upcycle
     params, meta = upcycle(Path(args.dense), args.experts, args.router, args.sparse_layers, args.overrides)
@@ -99,8 +100,7 @@ def _upcycle(args) -> None:
 
 def _reroute(args) -> None:
     require_exists(args.ckpt)
-    format_of(args.output)
-    refuse_overwrite(args.output, [args.ckpt])
+    output_checkpoint(args.output, [args.ckpt])
     from locmoe_ms.ckpt import io
     from locmoe_ms.ckpt.reroute import reroute
     params, meta = reroute(Path(args.ckpt), args.router, args.overrides)

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from locmoe_ms.errors import UserInputError
-from locmoe_ms.paths import input_file
+from locmoe_ms.paths import input_file, output_file
 
 FORMATS = {".ckpt": "ckpt", ".safetensors": "safetensors"}
 
@@ -36,3 +36,11 @@ def refuse_overwrite(output: str | Path, inputs: list[str | Path]) -> None:
     for item in inputs:
         if Path(item).resolve() == out or (out.exists() and Path(item).exists() and os.path.samefile(out, item)):
             raise UserInputError(f"--output {output}: is the input {item}; write the result to another path")
+
+
+def output_checkpoint(output: str | Path, inputs: list[str | Path]) -> Path:
+    """The --output checkpoint: a .ckpt/.safetensors name, not a directory, not under a file, not an input."""
+    format_of(output)
+    output_file(output, "--output")
+    refuse_overwrite(output, inputs)
+    return Path(output)

@@ -190,15 +190,17 @@ def shard_config(cfg: Config, expert_parallel: int, model_parallel: int, world: 
 
 def _check_split(cfg: Config, expert_parallel: int, model_parallel: int, world: int, whole: bool) -> None:
     m, experts = cfg.model, cfg.moe_config.expert_num
-    if expert_parallel < 1 or experts % expert_parallel:
+    for flag, count in (("--expert-parallel", expert_parallel), ("--model-parallel", model_parallel),
+                        ("--world", world)):
+        if count < 1:
+            raise UserInputError(f"{flag} {count}: must be >= 1")
+    if experts % expert_parallel:
         raise UserInputError(f"--expert-parallel {expert_parallel}: must divide moe_config.expert_num ({experts})")
-    if model_parallel < 1:
-        raise UserInputError(f"--model-parallel {model_parallel}: must be >= 1")
     if not whole and (m.num_heads % model_parallel or m.ffn_hidden_size % model_parallel
                       or m.hidden_size % model_parallel):
         raise UserInputError(f"--model-parallel {model_parallel}: must divide model.num_heads ({m.num_heads}), "
                              f"model.ffn_hidden_size ({m.ffn_hidden_size}) and model.hidden_size ({m.hidden_size})")
-    if world < 1 or world % (expert_parallel * model_parallel):
+    if world % (expert_parallel * model_parallel):
         raise UserInputError(f"--world {world}: must be a multiple of expert_parallel * model_parallel "
                              f"({expert_parallel * model_parallel})")
 
