@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from locmoe_ms.config import Config, load_config  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.paths import output_file  # noqa: E402
 
 
 def model_flops_per_token(cfg: Config) -> float:
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0:
         raise UserInputError(f"--steps = {args.steps}, --warmup = {args.warmup}: need steps >= 1 and warmup >= 0")
     cfg = load_config(args.config, args.overrides + ["train.mode=graph"])
+    if args.json:
+        output_file(args.json, "--json")
 
     from locmoe_ms.data.dataset import BatchStream
     from locmoe_ms.train.loop import build_training, prepare_data, set_context

@@ -25,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="a new directory for the three .mindrecord files")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    output_dir(args.output, "--output")
     if Path(args.output).exists():
         raise UserInputError(f"--output {args.output}: already exists; choose a new directory (nothing is "
                              f"overwritten)")
-    output_dir(args.output, "--output")
     if cfg.data.corpus == "mindrecord":
         raise ConfigError("data.corpus = 'mindrecord': already packed; name the source corpus to preprocess")
     from locmoe_ms.data.mindrecord import write_splits

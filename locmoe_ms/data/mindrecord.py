@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from locmoe_ms.errors import UserInputError
+from locmoe_ms.paths import input_dir
 
 SCHEMA = {"input_ids": {"type": "int32", "shape": [-1]}, "domain": {"type": "int32"}}
 
@@ -37,7 +38,7 @@ def read_splits(directory: str | Path, seq_length: int):
     from mindspore.mindrecord import FileReader
     from locmoe_ms.data.dataset import SPLITS, PackedSplit
 
-    directory = Path(directory)
+    directory = input_dir(directory, "data.paths:", "MindRecord directory (tools/preprocess_data.py writes one)")
     out = {}
     for name in SPLITS:
         path = directory / f"{name}.mindrecord"
