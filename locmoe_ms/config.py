@@ -254,10 +254,10 @@ def _check_relations(cfg: Config) -> None:
     if ROUTER_GATES[moe.router] == "grap" and m.hidden_size < moe.expert_num:
         raise ConfigError(f"moe_config.expert_num = {moe.expert_num}: the GrAP gate of router '{moe.router}' needs "
                           f"expert_num <= model.hidden_size ({m.hidden_size})")
+    check_parallel_sizes(cfg)
     if moe.expert_num % moe.rre_groups:
         raise ConfigError(f"moe_config.rre_groups = {moe.rre_groups}: must divide moe_config.expert_num "
                           f"({moe.expert_num})")
-    check_parallel_sizes(cfg)
     if tr.inject_overflow_steps and tr.loss_scale == "none":
         raise ConfigError(f"train.inject_overflow_steps = {tr.inject_overflow_steps}: needs train.loss_scale dynamic "
                           f"or fixed (with 'none' nothing detects the overflow)")
@@ -356,7 +356,12 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    return raw if raw is not None else {}
+    if raw is None:  # an empty file would train every default silently
+        raise ConfigError(f"{path}: the file is empty; a config is a mapping with sections {', '.join(SECTIONS)}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level = {str(raw)[:60]!r}: must be a mapping with sections "
+                          f"{', '.join(SECTIONS)}")
+    return raw
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -64,6 +64,7 @@ def test_bad_value_names_key_value_and_rule(override, expected):
 @pytest.mark.parametrize("text,expected", [
     ("model: {hidden_size: 128\n", ["malformed YAML at line"]),
     ("- just\n- a list\n", ["top level", "must be a mapping"]),
+    ("", ["the file is empty", "a mapping with sections model, moe_config"]),
     ("model: 5\n", ["model = 5", "must be a mapping"]),
     ("base: missing.yaml\n", ["missing.yaml: config file not found"]),
 ])
