@@ -46,6 +46,7 @@ need_int() {
 
 # need_file NAME PATH: PATH is an existing file.
 need_file() {
+    [[ ! -d $2 ]] || die "$1 = '$2': is a directory; expected a file"
     [[ -f $2 ]] || die "$1 = '$2': no such file"
 }
 

@@ -71,6 +71,7 @@ need_int --devices "$devices" 1 8
 need_int --timeout "$timeout" 1 86400
 [[ $job_id =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] ||
     die "--job-id = '$job_id': must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+[[ ! -e $table_dir || -d $table_dir ]] || die "--table-dir = '$table_dir': is a file; expected a directory"
 [[ -d $table_dir ]] ||
     die "--table-dir = '$table_dir': no such directory (it must exist and be shared by all servers, such as NFS)"
 for ((i = 0; i < ${#exchange[@]}; i += 2)); do

@@ -197,6 +197,8 @@ BAD_ARGUMENTS = {
                                  ["nowhere.json: no such file"]),
     "distribute missing config": ("run_distribute_train.sh", ["{table}", "nowhere.yaml"],
                                   ["CONFIG = 'nowhere.yaml'"]),
+    "standalone config is a directory": ("run_standalone_train.sh", ["/"],
+                                         ["CONFIG = '/': is a directory; expected a file"]),
     "distribute unknown option": ("run_distribute_train.sh", ["{table}", "{table_cfg}", "--bogus"],
                                   ["unknown option '--bogus'"]),
     # the config is checked against the table (and with the --set overrides) as every rank would check it
