@@ -50,9 +50,9 @@ def test_exact_strategies_64_devices():
     assert ins["gate"] == ((8, 1), (1, 1)) and ins["router.softmax"] == ((8, 1),)
     assert ins["dispatch"] == ((8, 1, 1), (8, 1, 1)) and ins["combine"] == ((8, 1, 1), (8, 1, 1))
     assert ins["dispatch.match"] == ((8, 1, 1), (1, 1, 1))
-    assert ins["exchange.send_slice"] == ((1, 8, 8, 1),)
-    assert ins["exchange.all_to_all"] == ((8, 1, 8, 1),)
-    assert ins["exchange.all_gather"] == ((8, 1, 1, 1),)
+    assert ins["exchange.send_slice"] == ((8, 1, 8, 1),)  # [G, E, C, h]
+    assert ins["exchange.all_to_all"] == ((1, 8, 8, 1),)
+    assert ins["exchange.all_gather"] == ((1, 8, 1, 1),)
     assert ins["experts.w_in"] == ((8, 1, 1), (8, 1, 8)) and ins["experts.b_in"] == ((8, 1, 8), (8, 1, 8))
     assert ins["experts.w_out"] == ((8, 1, 8), (8, 8, 1))
     assert ins["head.logits"] == ((8, 1), (1, 1))
@@ -62,7 +62,8 @@ def test_exact_strategies_64_devices():
 def test_exact_expert_strategies_256_devices():
     ins = st.in_strategies(ParallelSizes(dp=32, mp=8, ep=16))
     assert ins["experts.w_in"] == ((16, 2, 1), (16, 1, 8))
-    assert ins["exchange.all_to_all"] == ((16, 2, 8, 1),) and ins["exchange.send_slice"] == ((1, 32, 8, 1),)
+    # the exchange's view is token-group-major, so numeric strategies order the devices (edp, ep, mp) like Topology
+    assert ins["exchange.all_to_all"] == ((2, 16, 8, 1),) and ins["exchange.send_slice"] == ((32, 1, 8, 1),)
     assert ins["dispatch"] == ((32, 1, 1), (32, 1, 1)) and ins["attention.query"] == ((32, 1, 1), (1, 8))
 
 
@@ -97,11 +98,12 @@ def test_checker_catches_bad_layouts(monkeypatch):
     _, sizes, dims = setup("pangu_sigma_64n")
     monkeypatch.setitem(st.OPS, "experts.w_in", st._op("BatchMatMul", ("E:ep GC:edp h", "E:ep h:mp f"),
                                                         "E:ep GC:edp f:mp"))
-    monkeypatch.setitem(st.OPS, "exchange.all_gather", st._op("StridedSlice", ("E:ep G:edp C:mp h",),
-                                                               "E:ep G:edp C:mp h"))
+    monkeypatch.setitem(st.OPS, "exchange.all_gather", st._op("StridedSlice", ("G:edp E:ep C:mp h",),
+                                                               "G:edp E:ep C:mp h"))
     problems = st.check_strategies(sizes, dims).problems
     assert any(p.startswith("experts.w_in: contracted dimension split") for p in problems)
-    assert any(p.startswith("exchange.all_gather -> experts.w_in[0]: produced as E:ep G:edp C:mp h") for p in problems)
+    assert any(p.startswith("exchange.all_gather -> exchange.to_experts[0]: produced as G:edp E:ep C:mp h")
+               for p in problems)
 
 
 def test_checker_catches_indivisible_dimension():
@@ -181,14 +183,18 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     assert (value.expert_axis, value.model_axis) == (None, 1)
 
 
+MP4 = ["parallel_config.model_parallel=4", "parallel_config.data_parallel=16"]
+
+
 @pytest.mark.parametrize("sizes, overrides, message", [
     ((8, 4, 8), [], "parallel_config.data_parallel = 8: data_parallel * model_parallel (8 * 4) must equal the "
                     "device count (64)"),
     ((8, 8, 16), [], "parallel_config.expert_parallel = 16: must divide data_parallel (8)"),
     ((4, 16, 4), [], "parallel_config.model_parallel = 16: must divide devices_per_node (8)"),
     ((32, 2, 32), [], "parallel_config.expert_parallel = 32: must divide moe_config.expert_num (16)"),
-    ((8, 8, 8), ["model.num_heads=20"], "model.num_heads = 20: must be divisible by model_parallel (8)"),
-    ((8, 8, 8), ["model.ffn_hidden_size=20484"],
+    # (the config itself, loaded with model_parallel 4, accepts these; the strategies' sizes ask for 8)
+    ((8, 8, 8), ["model.num_heads=20", *MP4], "model.num_heads = 20: must be divisible by model_parallel (8)"),
+    ((8, 8, 8), ["model.ffn_hidden_size=20484", *MP4],
      "model.ffn_hidden_size = 20484: must be divisible by model_parallel (8)"),
     ((16, 4, 16), ["train.batch_size=8"], "train.batch_size = 8: must be divisible by data_parallel (16)"),
     ((8, 8, 8), ["moe_config.capacity_factor=1.1"], "moe_config.capacity_factor = 1.1: the capacity per token "

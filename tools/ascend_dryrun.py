@@ -199,6 +199,8 @@ def run_child(args, cfg, lib: Path) -> tuple[dict, Path | None]:
            "MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": str(ir_dir), "GLOG_v": "3",
            "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}".rstrip(":")}
     argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], CHILD_FLAG, str(result_file)]
+    result_file.unlink(missing_ok=True)
+    started = time.time()
     try:
         proc = subprocess.run(argv, env=env, cwd=ir_dir, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -206,7 +208,7 @@ def run_child(args, cfg, lib: Path) -> tuple[dict, Path | None]:
     if not result_file.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"compiled": False, "error": f"child exited {proc.returncode}: {' | '.join(tail)[:600]}"}, None
-    return json.loads(result_file.read_text()), ir_dir
+    return {**json.loads(result_file.read_text()), "started": started}, ir_dir
 
 
 def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
@@ -216,7 +218,7 @@ def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
     from locmoe_ms.parallel.topology import Topology
 
     sizes, topo, rank = ParallelSizes.from_config(cfg), Topology.from_config(cfg), result["rank"]
-    ir = dryrun.find_ir(ir_dir)
+    ir = dryrun.find_ir(ir_dir, newer_than=result["started"] - 1.0)
     if ir is None:
         return {}, [f"no step_parallel_end or validate IR under {ir_dir}"]
     collectives = dryrun.parse_collectives(ir.read_text(), cfg.virtual_devices)

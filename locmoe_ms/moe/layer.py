@@ -14,22 +14,24 @@ from locmoe_ms.parallel.placement import Placement
 
 
 class GroupwiseLayouts(nn.Cell):
-    """Auto-parallel only: identity slices of the [E, G, C, h] buffer whose shard strategies (parallel/strategies.py,
-    exchange.*) pin the group-wise exchange's intermediate layouts, so MindSpore sends 1/mp of the slots over the
-    expert-parallel group and gathers them inside the tensor-parallel group rather than sending the full payload.
+    """Auto-parallel only: identity slices whose shard strategies (parallel/strategies.py, exchange.*) pin the
+    group-wise exchange's intermediate layouts, so MindSpore sends 1/mp of the slots over the expert-parallel group
+    and gathers them inside the tensor-parallel group rather than sending the full payload. They see the buffer
+    token-group-major, [G, E, C, h], so numeric strategies order the devices (edp, ep, mp) as Topology does.
     Values pass unchanged."""
 
     def __init__(self, experts: int, groups: int, capacity: int, hidden: int):
         super().__init__()
-        self.shape = (experts, groups, capacity, hidden)
+        self.shape = (groups, experts, capacity, hidden)
         self.send_slice, self.send_all_to_all, self.send_all_gather = (ops.StridedSlice() for _ in range(3))
         self.return_slice, self.return_all_to_all, self.return_all_gather = (ops.StridedSlice() for _ in range(3))
 
     def _through(self, x, first, second, third):
-        y = x.reshape(self.shape)
+        groups, experts, capacity, hidden = self.shape
+        y = x.reshape(experts, groups, capacity, hidden).transpose(1, 0, 2, 3)
         begin, strides = (0, 0, 0, 0), (1, 1, 1, 1)
         y = third(second(first(y, begin, self.shape, strides), begin, self.shape, strides), begin, self.shape, strides)
-        return y.reshape(x.shape)
+        return y.transpose(1, 0, 2, 3).reshape(x.shape)
 
     def dispatched(self, buffer):
         """[E, G*C, h] on its way to the experts."""

@@ -48,13 +48,15 @@ class Collective:
         return "Gradients" in self.scope or self.kind == "mirror"
 
 
-def find_ir(ir_dir: str | Path, stages: Sequence[str] = ("step_parallel_end", "validate")) -> Path | None:
+def find_ir(ir_dir: str | Path, stages: Sequence[str] = ("step_parallel_end", "validate"),
+            newer_than: float = 0.0) -> Path | None:
     """The IR file of the first stage MindSpore wrote under ir_dir (MS_DEV_SAVE_GRAPHS_PATH), or None: the
-    parallel passes' `step_parallel_end` under auto-parallel, `validate` in a stand-alone (explicit mode) graph."""
+    parallel passes' `step_parallel_end` under auto-parallel, `validate` in a stand-alone (explicit mode) graph.
+    The newest such file, and none older than `newer_than` (a time.time()): a reused directory keeps old dumps."""
     for stage in stages:
-        files = sorted(Path(ir_dir).rglob(f"*{stage}*.ir"))
+        files = [f for f in Path(ir_dir).rglob(f"*{stage}*.ir") if f.stat().st_mtime >= newer_than]
         if files:
-            return files[0]
+            return max(files, key=lambda f: f.stat().st_mtime)
     return None
 
 
