@@ -222,3 +222,20 @@ def test_bad_input_is_one_line(tmp_path):
                           timeout=60, cwd=ROOT, env={**os.environ, "PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)})
     assert proc.returncode == 2 and proc.stderr.strip() == ("error: building the stand-in CANN libraries needs gcc, "
                                                             "g++, nm, readelf; missing: gcc, g++, nm, readelf")
+
+
+def test_auto_mode_256_devices_keeps_topology_rank_order(cann_stub, tmp_path):
+    """pangu_sigma_256n (dp 32, mp 8, ep 16: two copies of every expert): rank 130 (node 16, expert block 0 of the
+    second copy) exchanges over Topology's groups, and holds Topology's expert shard."""
+    code, out, result = dryrun(cann_stub, tmp_path, "--mode", "auto", "--rank", "130", "--step", "forward",
+                               "--set", "model.num_layers=2", "--set", "model.sparse_layers=[1]",
+                               "--set", "model.seq_length=256", "--set", "model.vocab_size=4096",
+                               "--set", "data.vocab_limit=4096", config="model_configs/pangu_sigma_256n.yaml")
+    assert result is not None and result["compiled"], out
+    exchange = _exchange(result, 1)
+    ep_group, tp_group = list(range(130, 256, 8)), list(range(128, 136))
+    assert exchange.count(("AlltoAll", ep_group)) == 2 and exchange.count(("AllGather", tp_group)) == 2, out
+    matrix, tensor_map, piece = result["layouts"]["network.blocks.1.moe.experts.w_in"]
+    assert piece == [1, 5120, 2560]  # 16 experts over ep 16, FFN 20480 over mp 8
+    coords = [130 // _prod(matrix[i + 1:]) % matrix[i] for i in range(len(matrix))]
+    assert coords[len(matrix) - 1 - tensor_map[0]] == 0  # expert block of rank 130: (130 // 8) % 16
