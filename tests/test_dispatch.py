@@ -1,5 +1,6 @@
 """Capacity: slots filled in token order per token group, overflow dropped exactly."""
 import numpy as np
+import pytest
 from mindspore import Tensor, nn
 
 from locmoe_ms.moe.capacity import expert_capacity
@@ -12,10 +13,11 @@ def test_capacity_formula():
     assert expert_capacity(10, 0.1, 1, 8, min_capacity=4) == 4
 
 
-def test_drops_exactly_the_tokens_past_capacity():
+@pytest.mark.parametrize("per_group", [False, True], ids=["scatter", "per_group"])
+def test_drops_exactly_the_tokens_past_capacity(per_group):
     # 2 token groups x 6 tokens, 3 experts, capacity 2
     index = np.array([0, 0, 0, 1, 2, 0,   1, 1, 1, 1, 2, 2], dtype=np.int32)
-    d = Dispatcher(experts=3, groups=2, capacity=2)
+    d = Dispatcher(experts=3, groups=2, capacity=2, per_group=per_group)
     slot, kept, load = d.assign(Tensor(index))
     expected_kept = [1, 1, 0, 1, 1, 0,   1, 1, 0, 0, 1, 1]
     assert kept.asnumpy().tolist() == expected_kept

@@ -5,10 +5,15 @@ every expert in token order, as a rank does on a cluster. `assign` numbers slots
 position, so the dispatched buffer reshapes straight to [E, G*C, h] for the batched expert matmul. Tokens past
 capacity go to one dummy slot whose output is zero: the residual connection carries them.
 
-Dispatch and combine work per token group, batched over G ([G, tokens per group, ...]): every op keeps G as its
-leading axis, which is how MindSpore auto-parallel can split them over data-parallel ranks (parallel/strategies.py,
-"dispatch" and "combine"); a global ScatterNd has no sharded implementation in MindSpore 2.10. Both are gathers
-(GatherD), so values and gradients are moved, never summed: results equal the scatter form bit for bit.
+Two forms of dispatch and combine, equal bit for bit (values and gradients are moved, never summed; tested):
+- `per_group=False` (explicit mode and one process, the default): a global ScatterNd into the slot buffer and a
+  Gather back. Each rank of an explicit job holds one token group, so nothing needs sharding.
+- `per_group=True` (auto mode): per token group, batched over G ([G, tokens per group, ...]), every op with G as
+  its leading axis, which is how MindSpore auto-parallel can split them over data-parallel ranks
+  (parallel/strategies.py, "dispatch" and "combine"); a global ScatterNd has no sharded implementation in
+  MindSpore 2.10. The one-hot is an Equal against the expert ids (shardable over G, a 2-D OneHot ran replicated)
+  and each slot finds its token through a [G, E*C, t] comparison: on CPU that form made the MoE layer 1.3x slower,
+  and under msrun its broadcast Equal desynchronised the ranks' collectives, so CPU runs keep the scatter form.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from mindspore import Tensor, nn, ops
 
 
 class Dispatcher(nn.Cell):
-    def __init__(self, experts: int, groups: int, capacity: int):
+    def __init__(self, experts: int, groups: int, capacity: int, per_group: bool = False):
         super().__init__()
+        self.per_group = per_group
         self.experts = experts
         self.groups = groups
         self.capacity = capacity
@@ -42,7 +48,10 @@ class Dispatcher(nn.Cell):
         per_group = index.reshape(self.groups, -1)
         # one-hot as a comparison and bounds as tensors: MindSpore shards Equal/Less over G, not a 2-D OneHot or a
         # comparison with a Python scalar (both ran replicated in the dry-run compile); zeros_like likewise
-        onehot = ops.equal(per_group.reshape(self.groups, -1, 1), self.expert_ids).astype(ms.float32)
+        if self.per_group:
+            onehot = ops.equal(per_group.reshape(self.groups, -1, 1), self.expert_ids).astype(ms.float32)
+        else:
+            onehot = ops.one_hot(per_group, self.experts, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
         position = (ops.cumsum(onehot, axis=1) * onehot).sum(axis=-1).astype(ms.int32) - 1
         kept = ops.less(position, self.capacity_bound)
         slot = per_group * (self.groups * self.capacity) + self.group_offset + position
@@ -58,6 +67,9 @@ class Dispatcher(nn.Cell):
     def dispatch(self, x: Tensor, slot: Tensor) -> Tensor:
         """[T, h] -> [E, G*C, h]; empty slots are zero."""
         hidden = x.shape[-1]
+        if not self.per_group:
+            buffer = ops.scatter_nd(slot.reshape(-1, 1), x, (self.slots + 1, hidden))
+            return buffer[: self.slots].reshape(self.experts, self.groups * self.capacity, hidden)
         local = self.group_slot(slot)                                               # [G, t]
         per_group = local.shape[1]
         # token of every slot of the group (per_group, the zero row, where the slot is empty)
@@ -76,6 +88,10 @@ class Dispatcher(nn.Cell):
     def combine(self, expert_out: Tensor, slot: Tensor, weight: Tensor) -> Tensor:
         """[E, G*C, h] -> [T, h], each token's slot scaled by its router score; dropped tokens get zero."""
         hidden = expert_out.shape[-1]
+        if not self.per_group:
+            flat = ops.concat((expert_out.reshape(self.slots, hidden), ops.zeros((1, hidden), expert_out.dtype)),
+                              axis=0)
+            return ops.gather(flat, slot, 0) * weight.reshape(-1, 1)
         local = self.group_slot(slot)                                               # [G, t]
         per_group = local.shape[1]
         grouped = expert_out.reshape(self.experts, self.groups, self.capacity, hidden).transpose(1, 0, 2, 3)

@@ -61,7 +61,7 @@ class MoELayer(nn.Cell):
         capacity = expert_capacity(per_group * par.expert_parallel, moe.capacity_factor, par.expert_parallel,
                                    moe.expert_num, moe.min_capacity)
         self.router = build_router(cfg, placement, tokens)
-        self.dispatcher = Dispatcher(moe.expert_num, len(groups), capacity)
+        self.dispatcher = Dispatcher(moe.expert_num, len(groups), capacity, per_group=par.mode == "auto")
         self.experts = Experts(len(placement.experts), cfg.model.hidden_size, cfg.model.ffn_hidden_size,
                                cfg.model.activation, cfg.model.init_std, cfg.model.compute_dtype)
         self.exchange = build_exchange(placement, self.experts, moe.expert_num, capacity, cfg.model.hidden_size,
