@@ -1,20 +1,22 @@
 """MindSpore auto-parallel on Ascend: the parallel context and the shard strategies of parallel/strategies.py.
 
-NOT RUN ON ASCEND: this path has never executed on Ascend hardware. What is tested (on CPU) is the strategy table,
-its consistency checks and the mapping from model cells to strategies (`shard_plan`). MindSpore 2.10 has no
-semi_auto_parallel on CPU; there the same model runs with the explicit exchange (parallel/exchange.py) under msrun.
+NOT RUN ON ASCEND HARDWARE. Compiled for virtual clusters of 8 to 256 devices by tools/ascend_dryrun.py (stand-in
+CANN libraries, MS_SIMULATION_LEVEL=0), which checks the layouts and collectives MindSpore derives; on CPU the
+strategy table, its consistency checks and `shard_plan` are tested. MindSpore 2.10 has no semi_auto_parallel on
+CPU; there the same model runs with the explicit exchange (parallel/exchange.py) under msrun.
 
-How it applies. The model's cells call functional ops (ops.matmul, ops.bmm, ops.scatter_nd, ...) and own no
-Primitive instances, so per-op `Primitive.shard` has nothing to attach to. `apply_shard_strategies` therefore
-- calls `Cell.shard(in_strategy, parameter_plan=...)` on the cells listed in CELL_OPS (Linear, LayerNorm, gate,
-  Experts): their input layout and their parameters' layouts, as MindSpore `Layout`s of the ("edp", "ep", "mp")
-  mesh so the rank order is Topology's; MindSpore's sharding propagation derives the ops in between, which is why
-  `set_parallel_context` defaults to parallel_mode "auto_parallel" with search_mode "sharding_propagation";
-- calls `Primitive.shard` on any primitive a cell holds under a name in PRIMITIVE_OPS (none today: the names a
-  cell should use if it wants an op pinned, e.g. Attention.scores_matmul).
-Under auto-parallel MindSpore partitions the *global* graph: build the network with the one-process placement
-(every token group and expert, LocalExchange); the explicit exchange and auto-parallel are alternatives.
-Known gap (see strategies.py): the Dispatcher's global ScatterNd/Gather have no sharded MindSpore implementation.
+How it applies. Most cells call functional ops (ops.matmul, ops.bmm, ...) and own no Primitive instances, so
+per-op `Primitive.shard` has nothing to attach to. `apply_shard_strategies` therefore
+- calls `Cell.shard(in_strategy, out_strategy, parameter_plan)` on the cells listed in CELL_OPS (Linear, LayerNorm,
+  Experts): their input and output layouts and their parameters' layouts, as MindSpore `Layout`s of the ("edp",
+  "ep", "mp") mesh so the rank order is Topology's; MindSpore's sharding propagation derives the ops in between,
+  which is why `set_parallel_context` uses parallel_mode "auto_parallel" with search_mode "sharding_propagation";
+- calls `Primitive.shard` on the primitives cells own under a name in PRIMITIVE_OPS: the Dispatcher's (dispatch
+  and combine per token group) and the MoE layer's GroupwiseLayouts (the group-wise exchange's layouts); the
+  other names are those a cell should use to have an op pinned (e.g. Attention.scores_matmul).
+Under auto-parallel MindSpore partitions the *global* graph: parallel/auto.py builds the network with the
+one-process placement (every token group and expert, LocalExchange); the explicit exchange and auto-parallel are
+alternatives.
 """
 from __future__ import annotations
 
@@ -173,10 +175,9 @@ def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
                                 parameter_plan=params or None)
     for where, op in plan.primitives:
         path, _, attr = where.rpartition(".")
-        # numeric strategies where no input splits the expert axis (GatherD has no cost model for Layout strategies:
-        # "SetCostUnderLayout failed"; numerically the repeated mp copies go innermost, Topology's order); Layouts
-        # where one does, which pin the (edp, ep, mp) rank order
-        expert = any("ep" in axes for t in OPS[op].inputs for _, axes in t)
+        # numeric strategies: with a Layout on a primitive MindSpore 2.10 failed ("GatherDInfo / ConcatInfo
+        # SetCostUnderLayout failed"); numeric ones order the device matrix by tensor dimension with the repeated
+        # mp copies innermost, so every pinned op lists its (edp, ep) dimensions before the others (Topology's order)
         getattr(cells[path], attr).shard(numeric[op])
     return plan
 
