@@ -56,7 +56,7 @@ def build_auto_model(cfg, init_from: Path | None = None, strategy_file: str | No
         from locmoe_ms.train import checkpoint
 
         params, _ = checkpoint.load(init_from)
-        checkpoint.restore(loss_net, params, init_from)
+        checkpoint.restore(loss_net, params, init_from, model_only=True)
     use_autodiff(loss_net)
     apply_shard_strategies(loss_net, cfg)
     return loss_net, slice(None)
