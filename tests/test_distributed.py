@@ -124,7 +124,7 @@ TRAIN_CONFIG = """\
 model: {hidden_size: 32, num_heads: 2, ffn_hidden_size: 64, vocab_size: 257, seq_length: 32, num_layers: 2,
         sparse_layers: [1]}
 moe_config: {expert_num: 4, router: locmoe, capacity_factor: 1.0, locality_loss_factor: 0.1}
-parallel_config: {nodes: 2, devices_per_node: 2, data_parallel: 4, model_parallel: 1, expert_parallel: 2}
+parallel_config: {nodes: 4, devices_per_node: 1, data_parallel: 4, model_parallel: 1, expert_parallel: 2}
 train: {batch_size: 4, warmup_steps: 0, max_steps: 4, log_every: 1, eval_every: 4, eval_batches: 2, save_every: 4,
         learning_rate: 0.003, loss_scale: dynamic, loss_scale_window: 1, inject_overflow_steps: [2]}
 data: {corpus: wiki_en, tokenizer: byte, max_documents: 300}
@@ -165,7 +165,8 @@ def training_runs(tmp_path_factory):
 
 
 def test_data_and_expert_parallel_training_equals_one_process(training_runs):
-    """4 ranks (data parallel 4, expert parallel 2: every expert block on two ranks) train 4 steps with the same
+    """4 ranks on 4 nodes (data parallel 4, expert parallel 2: every expert block on two ranks, every exchange
+    across nodes) train 4 steps with the same
     per-step losses, statistics and validation perplexity as one process on the same global batches. Rank 0
     alone injects an overflow at step 2 (after the gradient reduction): every rank skips that step, as one
     process does, and the dynamic scale (window 1) doubles, halves and doubles on every rank alike."""
@@ -184,8 +185,9 @@ def test_data_and_expert_parallel_training_equals_one_process(training_runs):
                 assert gl["tokens_per_expert"] == el["tokens_per_expert"]
                 assert gl["dropped_share"] == pytest.approx(el["dropped_share"], abs=1e-6)
                 assert gl["local_share"] == pytest.approx(el["local_share"], abs=1e-6)
-                # expert groups are ranks {0, 1} and {2, 3}: each a node, so the exchange never leaves it
-                assert gl["bytes_sent"]["intra_node"] > 0 and gl["bytes_sent"]["inter_node"] == 0
+                # 4 nodes of one device: expert groups {0, 1} and {2, 3} span two nodes each, so every byte
+                # a rank sends to another rank crosses nodes
+                assert gl["bytes_sent"]["inter_node"] > 0 and gl["bytes_sent"]["intra_node"] == 0
         assert got[-1]["valid_ppl"] == pytest.approx(expected[-1]["valid_ppl"], rel=1e-5)
         assert (tmp / "four" / f"rank_{rank}" / "checkpoints" / "step_00000004.ckpt").is_file()
 
