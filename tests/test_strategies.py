@@ -187,18 +187,19 @@ MP4 = ["parallel_config.model_parallel=4", "parallel_config.data_parallel=16"]
 
 
 @pytest.mark.parametrize("sizes, overrides, message", [
-    ((8, 4, 8), [], "parallel_config.data_parallel = 8: data_parallel * model_parallel (8 * 4) must equal the "
-                    "device count (64)"),
-    ((8, 8, 16), [], "parallel_config.expert_parallel = 16: must divide data_parallel (8)"),
+    ((8, 4, 8), [], "parallel_config.data_parallel = 8: data_parallel * model_parallel (8 * 4) must equal "
+                    "nodes * devices_per_node (64)"),
+    ((8, 8, 16), [], "parallel_config.expert_parallel = 16: must divide parallel_config.data_parallel (8)"),
     ((4, 16, 4), [], "parallel_config.model_parallel = 16: must divide devices_per_node (8)"),
     ((32, 2, 32), [], "parallel_config.expert_parallel = 32: must divide moe_config.expert_num (16)"),
     # (the config itself, loaded with model_parallel 4, accepts these; the strategies' sizes ask for 8)
-    ((8, 8, 8), ["model.num_heads=20", *MP4], "model.num_heads = 20: must be divisible by model_parallel (8)"),
+    ((8, 8, 8), ["model.num_heads=20", *MP4], "model.num_heads = 20: must be divisible by parallel_config.model_parallel (8)"),
     ((8, 8, 8), ["model.ffn_hidden_size=20484", *MP4],
-     "model.ffn_hidden_size = 20484: must be divisible by model_parallel (8)"),
-    ((16, 4, 16), ["train.batch_size=8"], "train.batch_size = 8: must be divisible by data_parallel (16)"),
-    ((8, 8, 8), ["moe_config.capacity_factor=1.1"], "moe_config.capacity_factor = 1.1: the capacity per token "
-                                                    "group and expert (141) must be a multiple of model_parallel (8)"),
+     "model.ffn_hidden_size = 20484: must be divisible by parallel_config.model_parallel (8)"),
+    ((16, 4, 16), ["train.batch_size=8"], "train.batch_size = 8: must be divisible by parallel_config.data_parallel (16)"),
+    ((8, 8, 8), ["moe_config.capacity_factor=1.1"], "moe_config.capacity_factor = 1.1: in auto mode the "
+                                                    "capacity per token group and expert (141) must be a multiple "
+                                                    "of model_parallel (8)"),
     ((0, 8, 8), [], "parallel_config.data_parallel = 0: must be >= 1"),
 ])
 def test_invalid_sizes_raise_one_line(sizes, overrides, message):

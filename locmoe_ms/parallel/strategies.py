@@ -23,10 +23,12 @@ MindSpore itself is imported only by `mindspore_layouts`.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
+from locmoe_ms.config import check_parallel_sizes
 from locmoe_ms.errors import UserInputError
 from locmoe_ms.moe.capacity import expert_capacity
 from locmoe_ms.parallel.layout import ParamSplit, parameter_split
@@ -354,35 +356,20 @@ def tensor_sizes(cfg, sizes: ParallelSizes) -> dict[str, int]:
 
 
 def validate(sizes: ParallelSizes, devices: int, cfg) -> None:
-    """Raise UserInputError (one line: key, value, what is allowed) if the strategies cannot apply."""
-    par, m, moe = cfg.parallel_config, cfg.model, cfg.moe_config
-    dp, mp, ep = sizes.dp, sizes.mp, sizes.ep
-    for key, value in (("data_parallel", dp), ("model_parallel", mp), ("expert_parallel", ep)):
+    """Raise UserInputError (one line: key, value, what is allowed) if the strategies cannot apply: the rules of
+    config.check_parallel_sizes (their one home) for cfg with these sizes on `devices` devices in auto mode."""
+    par = cfg.parallel_config
+    for key, value in (("data_parallel", sizes.dp), ("model_parallel", sizes.mp), ("expert_parallel", sizes.ep)):
         if value < 1:
             raise UserInputError(f"parallel_config.{key} = {value}: must be >= 1")
-    rules = (
-        (dp * mp != devices, "parallel_config.data_parallel", dp,
-         f"data_parallel * model_parallel ({dp} * {mp}) must equal the device count ({devices})"),
-        (par.devices_per_node % mp, "parallel_config.model_parallel", mp,
-         f"must divide devices_per_node ({par.devices_per_node}): tensor-parallel groups stay inside a node"),
-        (dp % ep, "parallel_config.expert_parallel", ep, f"must divide data_parallel ({dp})"),
-        (moe.expert_num % ep, "parallel_config.expert_parallel", ep,
-         f"must divide moe_config.expert_num ({moe.expert_num})"),
-        (m.num_heads % mp, "model.num_heads", m.num_heads, f"must be divisible by model_parallel ({mp})"),
-        (m.hidden_size % mp, "model.hidden_size", m.hidden_size, f"must be divisible by model_parallel ({mp})"),
-        (m.ffn_hidden_size % mp, "model.ffn_hidden_size", m.ffn_hidden_size,
-         f"must be divisible by model_parallel ({mp})"),
-        (cfg.train.batch_size % dp, "train.batch_size", cfg.train.batch_size,
-         f"must be divisible by data_parallel ({dp})"),
-    )
-    for bad, key, value, allowed in rules:
-        if bad:
-            raise UserInputError(f"{key} = {value}: {allowed}")
-    capacity = tensor_sizes(cfg, sizes)["C"]
-    if capacity % mp:
-        raise UserInputError(f"moe_config.capacity_factor = {moe.capacity_factor}: the capacity per token group "
-                             f"and expert ({capacity}) must be a multiple of model_parallel ({mp}) for the "
-                             f"group-wise exchange; change capacity_factor, min_capacity or train.batch_size")
+    if devices % par.devices_per_node:
+        raise UserInputError(f"parallel_config.devices_per_node = {par.devices_per_node}: must divide the device "
+                             f"count ({devices})")
+    trial = copy.deepcopy(cfg)
+    trial.parallel_config.nodes = devices // par.devices_per_node
+    trial.parallel_config.data_parallel, trial.parallel_config.model_parallel = sizes.dp, sizes.mp
+    trial.parallel_config.expert_parallel, trial.parallel_config.mode = sizes.ep, "auto"
+    check_parallel_sizes(trial)
 
 
 def _numel(layout: TensorLayout, dims: dict[str, int]) -> int:
