@@ -35,6 +35,12 @@ split_flags() {
     done
 }
 
+# require_config_first ARGS...: the first argument is the CONFIG path, not missing and not an option.
+require_config_first() {
+    (($#)) || die "missing CONFIG (see --help)"
+    [[ $1 != -* ]] || die "expected CONFIG first, got the option '$1' (see --help)"
+}
+
 # need_int NAME VALUE MIN [MAX]: VALUE is a decimal integer (no sign, no leading zero) in MIN..MAX.
 need_int() {
     local name=$1 value=$2 min=$3 max=${4:-999999999} range=">= $3"

@@ -38,8 +38,7 @@ source "$(dirname "$0")/common.sh"
 
 split_flags "$@"
 set -- "${REST[@]}"
-(($#)) || die "missing CONFIG (see --help)"
-[[ $1 != -* ]] || die "expected CONFIG first, got the option '$1' (see --help)"
+require_config_first "$@"
 config=$1
 shift
 servers='' index='' table_dir='' job_id='' devices=8 timeout=600 out_root=. exchange=() extra=()

@@ -16,8 +16,7 @@ source "$(dirname "$0")/common.sh"
 
 split_flags "$@"
 set -- "${REST[@]}"
-(($#)) || die "missing CONFIG (see --help)"
-[[ $1 != -* ]] || die "expected CONFIG first, got the option '$1' (see --help)"
+require_config_first "$@"
 need_file CONFIG "$1"
 config=$(absolute "$1")
 shift

@@ -199,16 +199,21 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, case):
     assert tree(tmp_path) == before
 
 
+def stand_in(tmp_path):
+    """The environment that makes the ranks a stand-in training process recording its start, and the records."""
+    bin_dir, records = tmp_path / "bin", tmp_path / "records"
+    bin_dir.mkdir()
+    records.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    return {"PYTHON": str(bin_dir / "python"), "RECORDS": str(records)}, records
+
+
 def test_launch_starts_the_ranks_from_the_merged_table(tmp_path, cluster):
     """Without --dry-run: progress on stderr, then run_distribute_train.sh starts each rank (a stand-in that
     records its environment and arguments) from the merged table with the ascend device target."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(FAKE_PYTHON)
-    (bin_dir / "python").chmod(0o755)
-    records = tmp_path / "records"
-    records.mkdir()
-    proc = cluster(0, 1, 2, dry_run=False, env={"PYTHON": str(bin_dir / "python"), "RECORDS": str(records)})
+    env, records = stand_in(tmp_path)
+    proc = cluster(0, 1, 2, dry_run=False, env=env)
     code, out, err = finish(proc)
     table = tmp_path / "tables" / "job1" / "hccl_2p_01_10.0.0.0.json"
     assert code == 0, err
@@ -228,14 +233,9 @@ def test_a_config_of_another_topology_stops_with_one_line(tmp_path, cluster, dry
     """One server of 2 devices with a config of 2 nodes x 1 device: the table is made, then run_distribute_train.sh
     stops on one line naming the merged table and what the config asks for, exit 2, no rank listed or started.
     A launch (no --dry-run) reports the exchange's progress on stderr before that line, as it always does."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(FAKE_PYTHON)
-    (bin_dir / "python").chmod(0o755)
-    records = tmp_path / "records"
-    records.mkdir()
+    env, records = stand_in(tmp_path)
     proc = cluster(0, 1, 2, dry_run=dry_run, config=tiny_config(tmp_path / "other.yaml", 2, 1),
-                   env={"PYTHON": str(bin_dir / "python"), "RECORDS": str(records)})
+                   env=env)
     code, out, err = finish(proc)
     table = tmp_path / "tables" / "job1" / "hccl_2p_01_10.0.0.0.json"
     lines = err.splitlines()
