@@ -197,7 +197,9 @@ MP4 = ["parallel_config.model_parallel=4", "parallel_config.data_parallel=16"]
     ((8, 8, 8), ["model.ffn_hidden_size=20484", *MP4],
      "model.ffn_hidden_size = 20484: must be divisible by parallel_config.model_parallel (8)"),
     ((16, 4, 16), ["train.batch_size=8"], "train.batch_size = 8: must be divisible by parallel_config.data_parallel (16)"),
-    ((8, 8, 8), ["moe_config.capacity_factor=1.1"], "moe_config.capacity_factor = 1.1: in auto mode the "
+    # (loaded in explicit mode, which has no capacity rule; the strategies are auto mode's)
+    ((8, 8, 8), ["moe_config.capacity_factor=1.1", "parallel_config.mode=explicit"],
+     "moe_config.capacity_factor = 1.1: in auto mode the "
                                                     "capacity per token group and expert (141) must be a multiple "
                                                     "of model_parallel (8)"),
     ((0, 8, 8), [], "parallel_config.data_parallel = 0: must be >= 1"),
