@@ -316,10 +316,9 @@ def check_parallel_sizes(cfg: Config) -> None:
         if bad:
             raise ConfigError(f"{key} = {value}: {allowed}")
     if par.mode == "auto" and mp > 1:
-        from locmoe_ms.moe.capacity import expert_capacity  # scipy: only where needed
+        from locmoe_ms.moe.capacity import group_capacity  # scipy: only where needed
 
-        capacity = expert_capacity(tr.batch_size * m.seq_length // dp * ep, moe.capacity_factor, ep,
-                                   moe.expert_num, moe.min_capacity)
+        capacity = group_capacity(tr.batch_size * m.seq_length // dp, moe, ep)
         if capacity % mp:
             raise ConfigError(f"moe_config.capacity_factor = {moe.capacity_factor}: in auto mode the capacity per "
                               f"token group and expert ({capacity}) must be a multiple of model_parallel ({mp}); "

@@ -16,6 +16,13 @@ def expert_capacity(tokens: int, capacity_factor: float, expert_parallel: int, e
     return max(min_capacity, math.ceil(tokens * capacity_factor / (expert_parallel * experts)))
 
 
+def group_capacity(tokens_per_group: int, moe, expert_parallel: int) -> int:
+    """Slots per (token group, expert) for moe_config `moe`: the expert_parallel token groups that exchange with
+    each other hold expert_parallel * tokens_per_group tokens (MoELayer, the config rules and the strategies)."""
+    return expert_capacity(tokens_per_group * expert_parallel, moe.capacity_factor, expert_parallel, moe.expert_num,
+                           moe.min_capacity)
+
+
 def assignment_probability(delta: float, hidden: int) -> float:
     """p_delta = P(|cos(x, w)| >= delta) for x uniform on the unit sphere in R^hidden: 1 - I_{delta^2}(1/2, (d-1)/2),
     computed as I_{1-delta^2}((d-1)/2, 1/2) (the same value without the cancellation that makes 1 - I exactly 0 for

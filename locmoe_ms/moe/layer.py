@@ -5,7 +5,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from locmoe_ms.config import Config
-from locmoe_ms.moe.capacity import expert_capacity
+from locmoe_ms.moe.capacity import group_capacity
 from locmoe_ms.moe.dispatch import Dispatcher
 from locmoe_ms.moe.experts import Experts
 from locmoe_ms.moe.routers import build_router
@@ -58,8 +58,7 @@ class MoELayer(nn.Cell):
         if tokens % len(groups):
             raise ValueError(f"{tokens} tokens do not split over {len(groups)} token groups")
         per_group = tokens // len(groups)
-        capacity = expert_capacity(per_group * par.expert_parallel, moe.capacity_factor, par.expert_parallel,
-                                   moe.expert_num, moe.min_capacity)
+        capacity = group_capacity(per_group, moe, par.expert_parallel)
         self.router = build_router(cfg, placement, tokens)
         self.dispatcher = Dispatcher(moe.expert_num, len(groups), capacity, per_group=par.mode == "auto")
         self.experts = Experts(len(placement.experts), cfg.model.hidden_size, cfg.model.ffn_hidden_size,

@@ -30,7 +30,7 @@ from typing import Any
 
 from locmoe_ms.config import check_parallel_sizes
 from locmoe_ms.errors import UserInputError
-from locmoe_ms.moe.capacity import expert_capacity
+from locmoe_ms.moe.capacity import group_capacity
 from locmoe_ms.parallel.layout import ParamSplit, parameter_split
 
 MESH_AXES = ("edp", "ep", "mp")
@@ -347,8 +347,7 @@ def tensor_sizes(cfg, sizes: ParallelSizes) -> dict[str, int]:
     m, moe = cfg.model, cfg.moe_config
     batch, tokens = cfg.train.batch_size, cfg.train.batch_size * m.seq_length
     per_group = tokens // sizes.dp
-    capacity = expert_capacity(per_group * sizes.ep, moe.capacity_factor, sizes.ep, moe.expert_num,
-                               moe.min_capacity)
+    capacity = group_capacity(per_group, moe, sizes.ep)
     return {"B": batch, "S": m.seq_length, "h": m.hidden_size, "H": m.num_heads,
             "D": m.hidden_size // m.num_heads, "f": m.ffn_hidden_size, "V": m.vocab_size, "T": tokens,
             "E": moe.expert_num, "G": sizes.dp, "t": per_group, "C": capacity, "GC": sizes.dp * capacity,
