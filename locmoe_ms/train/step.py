@@ -129,6 +129,8 @@ class TrainStep(nn.Cell):
             if self.overflow_sum is not None:
                 skipped = ops.minimum(self.overflow_sum(skipped), 1.0)
         grads = self._clip(grads)
+        if not self.scaled:  # nothing detects overflows: no branch in the graph
+            return ops.depend(outputs, self.optimizer(grads)) + (scale, skipped)
         if skipped < 0.5:
             outputs = ops.depend(outputs, self.optimizer(grads))
         if self.dynamic:
