@@ -85,3 +85,17 @@ def test_resume_is_exact_without_dropout_only(dropout):
     checkpoint.restore(resumed.step, state, "state")
     got = float(resumed.step(*resumed.inputs(*batches[1], 2))[0].asnumpy())
     assert (got == expected) == (dropout == 0.0), (got, expected)
+
+
+@pytest.mark.parametrize("value,expected", [(None, 0), ("3", 3), ("x", None), ("-1", None), ("5000", None)])
+def test_device_id_comes_from_the_launchers_environment(monkeypatch, value, expected):
+    from locmoe_ms.train.loop import device_id
+    if value is None:
+        monkeypatch.delenv("DEVICE_ID", raising=False)
+    else:
+        monkeypatch.setenv("DEVICE_ID", value)
+    if expected is None:
+        with pytest.raises(UserInputError, match=rf"^DEVICE_ID = '{value}': must be an integer 0\.\.4095"):
+            device_id()
+    else:
+        assert device_id() == expected
