@@ -71,6 +71,17 @@ class MoEConfig:
     rre_groups: int = rule(2, ge=1, help="expert groups of the rre router's first level")
     rre_group_by: str = rule("token", choices=("token", "domain"), help="rre first level: token hash or domain id")
     hash_seed: int = rule(1234, ge=0, help="seed of the fixed hash tables (hash, rre)")
+    # Router health options (learned routers; off by default, so the defaults stay the paper's)
+    grap_relu: bool = rule(True, help="locmoe: the GrAP gate's ReLU, as in the paper; false: logits W x + b, so "
+                                      "an expert whose pre-activation is negative for every token still learns")
+    z_loss_factor: float = rule(0.0, ge=0.0, help="router z-loss (ST-MoE, 1e-3 there): factor * mean over the "
+                                                  "batch of logsumexp(logits)^2, added to aux_loss")
+    router_jitter: float = rule(0.0, ge=0.0, lt=1.0, help="in training, multiply the router's input by noise "
+                                                          "uniform in [1 - j, 1 + j] (Switch's input jitter)")
+    bias_balance_rate: float = rule(0.0, ge=0.0, help="auxiliary-loss-free balancing (DeepSeek-V3): a per-expert "
+                                                      "bias added to the probabilities for the choice only, moved "
+                                                      "by this rate toward under-loaded experts after every "
+                                                      "training step (by the sign of the load error, no gradient)")
 
 
 @dataclass
@@ -255,6 +266,7 @@ def _check_relations(cfg: Config) -> None:
         raise ConfigError(f"moe_config.expert_num = {moe.expert_num}: the GrAP gate of router '{moe.router}' needs "
                           f"expert_num <= model.hidden_size ({m.hidden_size})")
     check_parallel_sizes(cfg)
+    _check_router_options(moe)
     if moe.expert_num % moe.rre_groups:
         raise ConfigError(f"moe_config.rre_groups = {moe.rre_groups}: must divide moe_config.expert_num "
                           f"({moe.expert_num})")
@@ -275,6 +287,19 @@ def _check_relations(cfg: Config) -> None:
     if cfg.data.valid_fraction + cfg.data.test_fraction >= 0.5:
         raise ConfigError(f"data.test_fraction = {cfg.data.test_fraction}: valid_fraction + test_fraction must be "
                           f"< 0.5")
+
+
+def _check_router_options(moe: MoEConfig) -> None:
+    """The health options act on a learned gate: refused for fixed routers, the ReLU switch for GrAP only."""
+    gate = ROUTER_GATES[moe.router]
+    defaults = MoEConfig()
+    for key in ("z_loss_factor", "router_jitter", "bias_balance_rate"):
+        if gate is None and getattr(moe, key) != getattr(defaults, key):
+            raise ConfigError(f"moe_config.{key} = {getattr(moe, key)}: acts on a learned gate; router "
+                              f"'{moe.router}' has none (allowed there: {getattr(defaults, key)})")
+    if gate != "grap" and not moe.grap_relu:
+        raise ConfigError(f"moe_config.grap_relu = false: only the GrAP gate (router locmoe) has the ReLU; router "
+                          f"'{moe.router}' allows true only")
 
 
 def check_vocabulary(cfg: Config) -> None:

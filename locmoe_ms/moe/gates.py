@@ -23,23 +23,27 @@ def grap_weight(experts: int, hidden: int) -> np.ndarray:
 
 
 class GrAPGate(nn.Cell):
-    """G = ReLU(W x + b) with W = grap_weight fixed (a constant, not a parameter) and b learnable (zero init).
+    """G = ReLU(W x + b) with W = grap_weight fixed (a constant, not a parameter) and b learnable (zero init);
+    G = W x + b without the ReLU when `relu` is false (moe_config.grap_relu, a health option).
 
     W x is one matmul with the constant [d, n] matrix: its backward needs only dx = dG W (no weight gradient, no
     [d, n] parameter to learn, store or all-reduce), which is GrAP's saving over a dense gate. A grouped sum
     (O(T*d) instead of O(T*d*n) FLOPs) was measured slower on this CPU: reshaped to [T*n, d/n] its backward is an
     outer product with K = 1, which BLAS runs far below peak (bench_moe_layer.py: 1.3-1.5x the dense gate)."""
 
-    def __init__(self, hidden: int, experts: int):
+    def __init__(self, hidden: int, experts: int, relu: bool = True):
         super().__init__()
         self.experts = experts
+        self.relu = relu
         self.hidden = hidden
         self.weight = Tensor(grap_weight(experts, hidden))
         self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
 
     def construct(self, x: Tensor):
         pre = ops.dense(x, self.weight, self.bias)
-        return ops.relu(pre), pre
+        if self.relu:
+            return ops.relu(pre), pre
+        return pre, pre
 
 
 class DenseGate(nn.Cell):

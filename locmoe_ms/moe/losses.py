@@ -31,3 +31,13 @@ def locality_loss(probs: Tensor, target: Tensor, has_local: Tensor, factor: floa
     mean_probs = probs.reshape(groups, -1, experts).mean(axis=1)
     kl = (mean_probs * (ops.log(mean_probs + 1e-9) - ops.log(target))).sum(axis=1)
     return factor * (kl * has_local).mean()
+
+
+def z_loss(logits: Tensor, factor: float, global_sum: nn.Cell | None = None, global_tokens: int | None = None) -> Tensor:
+    """Router z-loss (ST-MoE, Zoph et al. 2022): factor * mean over the (global) batch of logsumexp(logits)^2,
+    which keeps the gate's logits small."""
+    total_sq = (ops.logsumexp(logits, dim=-1) ** 2).sum()
+    if global_sum is not None:
+        total_sq = global_sum(total_sq)
+    total = logits.shape[0] if global_tokens is None else global_tokens
+    return factor * total_sq / total

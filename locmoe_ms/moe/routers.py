@@ -8,15 +8,16 @@ score 1 and zero losses.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 import mindspore as ms
 
 from locmoe_ms.config import ROUTER_GATES, Config
 from locmoe_ms.moe.gates import DenseGate, GrAPGate
-from locmoe_ms.moe.losses import auxiliary_loss, locality_loss
+from locmoe_ms.moe.losses import auxiliary_loss, locality_loss, z_loss
 from locmoe_ms.parallel.placement import Placement
 
 
@@ -32,11 +33,13 @@ class LearnedRouter(nn.Cell):
     """Top-1 over softmax(gate(x)), with the auxiliary loss and (if locality_factor > 0) the locality loss.
 
     `locality_target`/`has_local` are the rows of the token groups this process routes; `global_sum` and
-    `global_tokens` make the auxiliary loss that of the global batch when ranks hold parts of it.
+    `global_tokens` make the auxiliary loss that of the global batch when ranks hold parts of it. `health` holds the
+    off-by-default options of moe_config (z-loss, input jitter, bias balancing), see RouterHealth.
     """
 
     def __init__(self, gate: nn.Cell, experts: int, aux_factor: float, locality_factor: float,
-                 locality_target: np.ndarray, has_local: np.ndarray, global_sum: nn.Cell, global_tokens: int):
+                 locality_target: np.ndarray, has_local: np.ndarray, global_sum: nn.Cell, global_tokens: int,
+                 health: "RouterHealth | None" = None):
         super().__init__()
         self.global_sum = global_sum
         self.global_tokens = global_tokens
@@ -47,16 +50,52 @@ class LearnedRouter(nn.Cell):
         self.use_locality = locality_factor > 0
         self.target = Tensor(locality_target, ms.float32)
         self.has_local = Tensor(has_local, ms.float32)
+        health = health or RouterHealth()
+        self.z_loss_factor = health.z_loss_factor
+        self.jitter = health.jitter
+        self.uniform = ops.UniformReal()
+        self.balance_rate = health.bias_balance_rate
+        if self.balance_rate > 0:  # a parameter so checkpoints keep it, updated by the rule below, not by gradient
+            self.balance_bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="balance_bias",
+                                          requires_grad=False)
 
     def construct(self, x, token_ids, domain_ids):
+        if self.jitter > 0 and self.training:
+            x = x * (1.0 - self.jitter + 2.0 * self.jitter * self.uniform(x.shape))
         logits, order = self.gate(x)
         probs = ops.softmax(logits, axis=-1)
-        index = top1(probs, order)
+        if self.balance_rate > 0:
+            index = top1(probs + self.balance_bias, order)
+        else:
+            index = top1(probs, order)
         score = ops.gather_elements(probs, 1, index.reshape(-1, 1)).reshape(-1)
         aux = auxiliary_loss(probs, index, self.aux_factor, self.global_sum, self.global_tokens)
+        if self.z_loss_factor > 0:
+            aux = aux + z_loss(logits, self.z_loss_factor, self.global_sum, self.global_tokens)
         loc = locality_loss(probs, self.target, self.has_local, self.locality_factor) if self.use_locality \
             else ops.zeros((), ms.float32)
+        if self.balance_rate > 0 and self.training:
+            index = ops.depend(index, self.balance(index))
         return index, score, probs, aux, loc
+
+    def balance(self, index):
+        """bias += rate * sign(mean load - load), from the global batch's load: under-loaded experts gain."""
+        load = self.global_sum(ops.one_hot(index, self.experts, Tensor(1.0, ms.float32),
+                                           Tensor(0.0, ms.float32)).sum(axis=0))
+        step = self.balance_rate * ops.sign(load.mean() - load)
+        return ops.assign_add(self.balance_bias, ops.stop_gradient(step))
+
+
+@dataclass(frozen=True)
+class RouterHealth:
+    """The off-by-default router options of moe_config that the health experiments test (docs/results)."""
+    z_loss_factor: float = 0.0
+    jitter: float = 0.0
+    bias_balance_rate: float = 0.0
+
+    @classmethod
+    def from_config(cls, moe) -> "RouterHealth":
+        return cls(moe.z_loss_factor, moe.router_jitter, moe.bias_balance_rate)
 
 
 class FixedRouter(nn.Cell):
@@ -135,13 +174,15 @@ def _learned(cfg: Config, placement: Placement, tokens: int, gate: nn.Cell, loca
     rows = list(placement.token_groups)
     return LearnedRouter(gate, cfg.moe_config.expert_num, cfg.moe_config.aux_loss_factor, locality_factor,
                          target[rows], has_local[rows], placement.data_sum(),
-                         placement.global_tokens(tokens) if placement.distributed else None)
+                         placement.global_tokens(tokens) if placement.distributed else None,
+                         RouterHealth.from_config(cfg.moe_config))
 
 
 # name -> builder(cfg, placement, tokens routed by this process)
 ROUTERS: dict[str, Callable[[Config, Placement, int], nn.Cell]] = {
     "locmoe": lambda cfg, pl, tokens: _learned(cfg, pl, tokens, GrAPGate(cfg.model.hidden_size,
-                                                                         cfg.moe_config.expert_num),
+                                                                         cfg.moe_config.expert_num,
+                                                                         cfg.moe_config.grap_relu),
                                                cfg.moe_config.locality_loss_factor),
     "switch": lambda cfg, pl, tokens: _learned(cfg, pl, tokens, DenseGate(cfg.model.hidden_size,
                                                                           cfg.moe_config.expert_num,

@@ -238,7 +238,9 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
             updates += 1
             if not math.isfinite(loss):
                 raise RuntimeError(f"loss became {loss} at step {step}")
-        extra = " | overflow: step skipped" if record["skipped"] else ""
+        extra = " | dropped " + "/".join(f"{layer['dropped_share']:.0%}" for layer in record["moe_layers"]) \
+            if record["moe_layers"] else ""
+        extra += " | overflow: step skipped" if record["skipped"] else ""
         if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
             valid_ppl = evaluate(training.loss_net, splits["valid"], cfg, training.rows)
             record["valid_ppl"] = valid_ppl
