@@ -1,0 +1,1 @@
+"""The experiment suites of docs/results: arms, resumable runs, and what the report reads from them."""
