@@ -61,7 +61,9 @@ def test_outputs_report_losses_and_routing_statistics():
         mine = experts[g * per_group:(g + 1) * per_group]
         kept += sum(min(int((mine == e).sum()), capacity) for e in range(4))
         local_hits += int((mine // 2 == g // 2).sum())
-    assert load.asnumpy().tolist() == [np.bincount(experts, minlength=4).tolist()] * 2
+    per_group_counts = [np.bincount(experts[g * per_group:(g + 1) * per_group], minlength=4).tolist()
+                        for g in range(groups)]
+    assert load.asnumpy().tolist() == [per_group_counts] * 2                    # [layers, token groups, experts]
     np.testing.assert_allclose(dropped.asnumpy(), [1 - kept / experts.size] * 2, rtol=1e-6)
     np.testing.assert_allclose(local.asnumpy(), [local_hits / experts.size] * 2, rtol=1e-6)
     assert 0 < 1 - kept / experts.size < 0.5, "the batch should drop some tokens, or the count tests nothing"

@@ -19,7 +19,7 @@ from locmoe_ms.parallel.topology import Topology
 
 class PanGuSigmaLM(nn.Cell):
     """construct(input_ids [B, S] int32, domain_ids [B] int32) ->
-    (logits [B*S, V], aux_loss, locality_loss, tokens_per_expert [L, E], dropped_share [L], local_share [L],
+    (logits [B*S, V], aux_loss, locality_loss, tokens_per_group [L, G, E], dropped_share [L], local_share [L],
     bytes_sent [L, 3]) with L the number of sparse blocks. `batch_size` is the sequences this process computes
     per step; it fixes the MoE capacity."""
 
@@ -29,6 +29,7 @@ class PanGuSigmaLM(nn.Cell):
         tokens = batch_size * m.seq_length
         self.hidden = m.hidden_size
         self.experts = cfg.moe_config.expert_num
+        self.groups = placement.topology.token_groups
         self.word_embedding = Parameter(initializer(Normal(m.init_std), (m.vocab_size, m.hidden_size)),
                                         name="word_embedding")
         self.position_embedding = Parameter(initializer(Normal(m.init_std), (m.seq_length, m.hidden_size)),
@@ -70,8 +71,8 @@ class PanGuSigmaLM(nn.Cell):
         x = self.final_norm(self.query_layer(x, self.top_query_embedding[:s]))
         logits = matmul_in(self.dtype, x.reshape(b * s, self.hidden), self.word_embedding.T)  # float32 for the loss
         if self.num_sparse == 0:
-            return logits, aux, loc, ops.zeros((0, self.experts), ms.float32), ops.zeros((0,), ms.float32), \
-                ops.zeros((0,), ms.float32), ops.zeros((0, 3), ms.float32)
+            return logits, aux, loc, ops.zeros((0, self.groups, self.experts), ms.float32), \
+                ops.zeros((0,), ms.float32), ops.zeros((0,), ms.float32), ops.zeros((0, 3), ms.float32)
         return logits, aux, loc, ops.stack(loads), ops.stack(dropped), ops.stack(local), ops.stack(traffic)
 
 

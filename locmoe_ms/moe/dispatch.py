@@ -44,7 +44,8 @@ class Dispatcher(nn.Cell):
         self.gather_tokens = ops.GatherD()
 
     def assign(self, index: Tensor):
-        """Expert index [T] -> slot [T] int32 (dummy slot for dropped tokens), kept [T] f32, load [E] f32."""
+        """Expert index [T] -> slot [T] int32 (dummy slot for dropped tokens), kept [T] f32, load [G, E] f32 (tokens
+        each token group routes to each expert)."""
         per_group = index.reshape(self.groups, -1)
         # one-hot as a comparison and bounds as tensors: MindSpore shards Equal/Less over G, not a 2-D OneHot or a
         # comparison with a Python scalar (both ran replicated in the dry-run compile); zeros_like likewise
@@ -56,7 +57,7 @@ class Dispatcher(nn.Cell):
         kept = ops.less(position, self.capacity_bound)
         slot = per_group * (self.groups * self.capacity) + self.group_offset + position
         slot = ops.where(kept, slot, ops.full_like(slot, self.slots))
-        return slot.reshape(-1), kept.reshape(-1).astype(ms.float32), onehot.sum(axis=(0, 1))
+        return slot.reshape(-1), kept.reshape(-1).astype(ms.float32), onehot.sum(axis=1)
 
     def group_slot(self, slot: Tensor) -> Tensor:
         """Global slot [T] -> slot inside the token group's [E*C] buffer, [G, t] (the dummy slot -> E*C)."""

@@ -44,11 +44,13 @@ class GroupwiseLayouts(nn.Cell):
 
 class MoELayer(nn.Cell):
     """construct(x [T, h], token_ids [T], domain_ids [T]) ->
-    (y [T, h], aux_loss, locality_loss, tokens_per_expert [E], dropped_share, local_share, bytes_sent [3]).
+    (y [T, h], aux_loss, locality_loss, tokens_per_group [G, E], dropped_share, local_share, bytes_sent [3]).
 
     `tokens` is T, the tokens this process routes per step (the global batch in one process, a rank's share
     under msrun); capacity is fixed from it at build time. The statistics are those of the global batch; the
     locality loss is the mean over this process's token groups (the loss network averages it over ranks).
+    tokens_per_group holds every token group of the cluster (G = data_parallel), so a trace of one rank tells the
+    cluster model (tools/cluster_model.py) every rank's filled slots.
     """
 
     def __init__(self, cfg: Config, placement: Placement, tokens: int):
@@ -70,6 +72,10 @@ class MoELayer(nn.Cell):
         local = placement.topology.group_local_mask().astype(np.float32)
         self.local_mask = Tensor(local.reshape(-1))
         self.token_group_offset = Tensor(np.repeat(np.array(groups, dtype=np.int32) * moe.expert_num, per_group))
+        all_groups = placement.topology.token_groups
+        # this process's rows of the cluster's [G, E] load (None: it holds every group)
+        self.group_rows = None if len(groups) == all_groups else \
+            Tensor(np.eye(all_groups, dtype=np.float32)[:, list(groups)])
         auto_groupwise = par.mode == "auto" and par.exchange == "groupwise" and par.model_parallel > 1
         self.layouts = GroupwiseLayouts(moe.expert_num, len(groups), capacity, cfg.model.hidden_size) \
             if auto_groupwise else None
@@ -80,8 +86,8 @@ class MoELayer(nn.Cell):
 
     def construct(self, x, token_ids, domain_ids):
         index, score, _, aux, loc = self.router(x, token_ids, domain_ids)
-        slot, kept, load = self.dispatcher.assign(index)
-        fill = ops.minimum(load, float(self.dispatcher.capacity))
+        slot, kept, load = self.dispatcher.assign(index)                  # load [g, E]: this process's groups
+        fill = ops.minimum(load, float(self.dispatcher.capacity)).sum(axis=0)
         buffer = self.dispatcher.dispatch(x, slot)
         if self.layouts is not None:
             buffer = self.layouts.dispatched(buffer)
@@ -89,6 +95,8 @@ class MoELayer(nn.Cell):
         if self.layouts is not None:
             expert_out = self.layouts.returned(expert_out)
         y = self.dispatcher.combine(expert_out, slot, score)
+        if self.group_rows is not None:
+            load = ops.matmul(self.group_rows, load)                    # [G, E], zero outside this process's rows
         load = self.data_sum(load)
         dropped_share = 1.0 - self.data_sum(kept.sum()) / self.global_tokens
         local_hits = ops.gather(self.local_mask, self.token_group_offset + index, 0)

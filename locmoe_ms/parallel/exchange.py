@@ -23,18 +23,48 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from locmoe_ms.parallel.placement import Placement
+from locmoe_ms.parallel.topology import Topology
 
 BYTES_PER_VALUE = 4  # float32 payload
 TRAFFIC_KINDS = ("same_device", "intra_node", "inter_node")
 
 
-def _destination_kinds(placement: Placement, group: tuple[int, ...]) -> np.ndarray:
+def destination_kinds(topology: Topology, rank: int, group: tuple[int, ...]) -> np.ndarray:
     """[g, 3] one-hot: is group[i] this rank, another rank of this node, or a rank of another node."""
-    topo, me = placement.topology, placement.rank
     kinds = np.zeros((len(group), 3), np.float32)
-    for i, rank in enumerate(group):
-        kinds[i, 0 if rank == me else 1 if topo.node_of_rank(rank) == topo.node_of_rank(me) else 2] = 1.0
+    for i, other in enumerate(group):
+        same_node = topology.node_of_rank(other) == topology.node_of_rank(rank)
+        kinds[i, 0 if other == rank else 1 if same_node else 2] = 1.0
     return kinds
+
+
+def exchange_terms(topology: Topology, rank: int, hidden: int, mode: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """What rank's byte counters multiply: destination kinds [ep, 3] of its expert group, kinds [3] of the t-1
+    All-Gather peers (group-wise; the tensor-parallel group is one node, so intra-node) and bytes per slot row."""
+    tp = topology.model_parallel
+    groupwise = mode == "groupwise" and tp > 1
+    kinds = destination_kinds(topology, rank, topology.expert_group(rank))
+    gather_kinds = np.array([0.0, float(tp - 1) if groupwise else 0.0, 0.0], np.float32)
+    return kinds, gather_kinds, float((hidden // tp if groupwise else hidden) * BYTES_PER_VALUE)
+
+
+def all_to_all_rows(send_fill, recv_fill, kinds, slots: int, count_aware: bool):
+    """Slot rows rank sends over the expert group in the forward dispatch and combine, per kind [3].
+
+    send_fill [ep, per]: its filled slots per destination's experts; recv_fill [ep, per]: each source's fill of its
+    experts; slots = per * capacity, the padded rows per destination. Works on NumPy arrays and on Tensors in a
+    graph (the exchange's counters and tools/cluster_model.py call it alike)."""
+    if count_aware:
+        rows = (send_fill.sum(axis=1) + recv_fill.sum(axis=1)).reshape(-1, 1)  # dispatch + combine per peer
+        return (rows * kinds).sum(axis=0)
+    return kinds.sum(axis=0) * (2.0 * slots)
+
+
+def all_gather_rows(send_fill, recv_fill, gather_kinds, slots: int, ep: int, count_aware: bool):
+    """Group-wise: slot rows rank sends to its t-1 tensor-parallel peers (received slices for its experts, then the
+    returned slices), per kind [3]; zero for the plain exchange (gather_kinds zero)."""
+    rows = recv_fill.sum() + send_fill.sum() if count_aware else 2.0 * ep * slots
+    return gather_kinds * rows
 
 
 def chunk_bounds(capacity: int, chunks: int) -> list[tuple[int, int]]:
@@ -80,9 +110,8 @@ class ExpertExchange(nn.Cell):
         self.count_aware = count_aware
         self.all_to_all = comm.all_to_all(ep_group)
         self.tp_gather = comm.all_gather(tp_group)
-        self.kinds = Tensor(_destination_kinds(placement, ep_group))
-        self.row_bytes = float(self.width * BYTES_PER_VALUE)
-        self.gather_bytes = Tensor(np.array([0.0, float(self.tp - 1), 0.0], np.float32))  # TP group: one node
+        kinds, gather_kinds, self.row_bytes = exchange_terms(topo, rank, hidden, mode)
+        self.kinds, self.gather_kinds = Tensor(kinds), Tensor(gather_kinds)
         self.positions = Tensor(np.arange(capacity, dtype=np.float32).reshape(1, 1, capacity, 1))
 
     def _restore(self, part: Tensor) -> Tensor:
@@ -124,20 +153,10 @@ class ExpertExchange(nn.Cell):
 
     def _bytes(self, send_fill: Tensor, recv_fill: Tensor) -> Tensor:
         """[same device, intra-node, inter-node] bytes this rank sends in the forward dispatch and combine."""
-        if self.count_aware:
-            out_rows = send_fill.sum(axis=1)                              # to each destination, dispatch
-            back_rows = recv_fill.sum(axis=1)                             # to each source, combine
-        else:
-            out_rows = ops.fill(ms.float32, (self.ep,), float(self.per * self.capacity))
-            back_rows = out_rows
-        rows = (out_rows + back_rows).reshape(self.ep, 1)
-        exchanged = (rows * self.kinds).sum(axis=0) * self.row_bytes
-        if not self.groupwise:
-            return exchanged
-        # All-Gather: my received slices (dispatch) and returned slices (combine) go to the t-1 other TP ranks
-        gathered_rows = recv_fill.sum() + send_fill.sum() if self.count_aware else \
-            float(2 * self.ep * self.per * self.capacity)
-        return exchanged + self.gather_bytes * gathered_rows * self.row_bytes
+        slots = self.per * self.capacity
+        rows = all_to_all_rows(send_fill, recv_fill, self.kinds, slots, self.count_aware) + \
+            all_gather_rows(send_fill, recv_fill, self.gather_kinds, slots, self.ep, self.count_aware)
+        return rows * self.row_bytes
 
 
 def build_exchange(placement: Placement, experts: nn.Cell, expert_num: int, capacity: int, hidden: int,

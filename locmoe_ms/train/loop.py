@@ -100,7 +100,8 @@ def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
     return {
         "step": step, "loss": float(loss), "lm_loss": float(lm), "aux_loss": float(aux), "locality_loss": float(loc),
         "lr": lr, "tokens_per_s": tokens_per_s, "loss_scale": float(scale), "skipped": bool(skipped > 0.5),
-        "moe_layers": [{"tokens_per_expert": load[i].astype(int).tolist(), "dropped_share": float(dropped[i]),
+        "moe_layers": [{"tokens_per_expert": load[i].sum(axis=0).astype(int).tolist(),
+                        "tokens_per_group": load[i].astype(int).tolist(), "dropped_share": float(dropped[i]),
                         "local_share": float(local[i]),
                         "bytes_sent": dict(zip(TRAFFIC_KINDS, traffic[i].astype(int).tolist()))}
                        for i in range(load.shape[0])],
