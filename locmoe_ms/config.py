@@ -133,7 +133,8 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = rule("wiki_en", choices=("wiki_en", "peoples_daily", "files", "mindrecord"))
+    corpus: str = rule("wiki_en", choices=("wiki_en", "peoples_daily", "wiki_en+peoples_daily", "files",
+                                           "mindrecord"), help="wiki_en+peoples_daily: both, domain ids 0 and 1")
     paths: List[str] = rule([], help="corpus files: .txt/.jsonl files; corpus mindrecord: one directory written by "
                                      "tools/preprocess_data.py")
     tokenizer: str = rule("gpt2", choices=("gpt2", "byte"))
@@ -142,6 +143,10 @@ class DataConfig:
     max_documents: int = rule(0, ge=0, help="0 = all")
     vocab_limit: int = rule(0, ge=0, help="0 = the tokenizer's vocabulary; N > 257: bytes, end of document and the "
                                           "N - 257 most frequent tokens of the training split (byte fallback)")
+    node_domains: List[int] = rule([], item_ge=0, help="domain-sharded batches, one domain id per node: the token "
+                                                       "groups of node n read only documents of domain "
+                                                       "node_domains[n] (wiki_en 0, peoples_daily 1); empty: every "
+                                                       "group reads the same mixture")
 
 
 @dataclass
@@ -284,9 +289,30 @@ def _check_relations(cfg: Config) -> None:
     if cfg.data.corpus == "mindrecord" and len(cfg.data.paths) != 1:
         raise ConfigError(f"data.paths = {cfg.data.paths}: corpus 'mindrecord' needs exactly one directory written "
                           f"by tools/preprocess_data.py")
+    _check_node_domains(cfg)
     if cfg.data.valid_fraction + cfg.data.test_fraction >= 0.5:
         raise ConfigError(f"data.test_fraction = {cfg.data.test_fraction}: valid_fraction + test_fraction must be "
                           f"< 0.5")
+
+
+# Domain ids each built-in corpus holds (files and mindrecord: whatever their documents say, checked on loading).
+CORPUS_DOMAINS = {"wiki_en": (0,), "peoples_daily": (1,), "wiki_en+peoples_daily": (0, 1)}
+
+
+def _check_node_domains(cfg: Config) -> None:
+    """data.node_domains names a domain per node, each one the corpus holds, and needs several domains."""
+    domains, corpus = cfg.data.node_domains, cfg.data.corpus
+    if not domains:
+        return
+    if len(domains) != cfg.parallel_config.nodes:
+        raise ConfigError(f"data.node_domains = {domains}: needs one domain id per node (parallel_config.nodes = "
+                          f"{cfg.parallel_config.nodes})")
+    held = CORPUS_DOMAINS.get(corpus)
+    if held is not None and len(held) < 2:
+        raise ConfigError(f"data.node_domains = {domains}: corpus '{corpus}' has one domain; domain-sharded data "
+                          f"needs several (wiki_en+peoples_daily, or files whose lines carry a \"domain\")")
+    if held is not None and set(domains) - set(held):
+        raise ConfigError(f"data.node_domains = {domains}: corpus '{corpus}' holds domains {list(held)} only")
 
 
 def _check_router_options(moe: MoEConfig) -> None:

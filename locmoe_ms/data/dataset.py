@@ -69,18 +69,19 @@ def load_splits(data: DataConfig, seq_length: int, tokenizer) -> dict[str, Packe
 class BatchStream:
     """Shuffled batches of a split, epoch after epoch; `state()` / `restore()` give the exact position."""
 
-    def __init__(self, split: PackedSplit, batch_size: int, seed: int):
+    def __init__(self, split: PackedSplit, batch_size: int, seed: int, key: tuple[int, ...] = ()):
         if len(split) < batch_size:
             raise UserInputError(f"train.batch_size = {batch_size}: the split has only {len(split)} sequences")
         self.split = split
         self.batch_size = batch_size
         self.seed = seed
+        self.key = key  # tells apart streams of one seed (one per domain in domain-sharded batches)
         self.epoch = 0
         self.index = 0
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+        return np.random.default_rng([self.seed, *self.key, epoch]).permutation(len(self.split))
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         if self.index + self.batch_size > len(self._order):
@@ -99,9 +100,20 @@ class BatchStream:
         self._order = self._permutation(self.epoch)
 
 
-def eval_batches(split: PackedSplit, batch_size: int, limit: int):
-    """The first `limit` full batches of a split, in order (the same every time)."""
-    count = min(limit, len(split) // batch_size)
+def eval_batches(split: PackedSplit, batch_size: int, limit: int, layout: np.ndarray | None = None):
+    """The first `limit` full batches of a split, in order (the same every time). With `layout` (the domain of each
+    row of a batch, see data/sharding.py) row r of batch b is the next unread row of domain layout[r]."""
+    if layout is None:
+        count = min(limit, len(split) // batch_size)
+        for b in range(count):
+            rows = slice(b * batch_size, (b + 1) * batch_size)
+            yield split.tokens[rows], split.domains[rows]
+        return
+    members = {int(d): np.flatnonzero(split.domains == d) for d in np.unique(layout)}
+    slots = {d: np.flatnonzero(layout == d) for d in members}
+    count = min([limit] + [len(members[d]) // len(slots[d]) for d in members])
     for b in range(count):
-        rows = slice(b * batch_size, (b + 1) * batch_size)
+        rows = np.empty(batch_size, np.int64)
+        for d, where in slots.items():
+            rows[where] = members[d][b * len(where):(b + 1) * len(where)]
         yield split.tokens[rows], split.domains[rows]

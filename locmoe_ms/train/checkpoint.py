@@ -33,7 +33,7 @@ MODEL_KEYS = ("model.vocab_size", "model.hidden_size", "model.num_heads", "model
               "moe_config.hash_seed", "data.tokenizer", "data.vocab_limit")
 # With data.vocab_limit the token ids come from the training split's frequencies, so these define them too.
 VOCABULARY_KEYS = ("data.corpus", "data.paths", "data.max_documents", "data.valid_fraction", "data.test_fraction")
-META_KEYS = ("step", "data_epoch", "data_index", "config_json", "valid_ppl", "format_version",
+META_KEYS = ("step", "data_epoch", "data_index", "data_state", "config_json", "valid_ppl", "format_version",
              "rank", "world_size", "expert_parallel_rank", "model_parallel_rank")  # last four: per-rank shards
 
 

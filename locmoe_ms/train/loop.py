@@ -15,6 +15,7 @@ from mindspore import Tensor, nn
 
 from locmoe_ms.config import Config, ConfigError, check_vocabulary
 from locmoe_ms.data.dataset import BatchStream, eval_batches, load_splits
+from locmoe_ms.data.sharding import DomainBatchStream, domain_name, domain_rows, row_domains
 from locmoe_ms.data.tokenizer import build_tokenizer
 from locmoe_ms.errors import UserInputError
 from locmoe_ms.model.network import build_model
@@ -71,16 +72,17 @@ def prepare_data(cfg: Config):
     return load_splits(cfg.data, cfg.model.seq_length, tokenizer)
 
 
-def evaluate(loss_net, split, cfg: Config, rows: slice = slice(None)) -> float:
+def evaluate(loss_net, split, cfg: Config, rows: slice = slice(None), layout: np.ndarray | None = None) -> float:
     """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses), in eval mode
-    (dropout off); the network's train/eval mode is restored afterwards.
+    (dropout off); the network's train/eval mode is restored afterwards. `layout`: domain-sharded batches
+    (data/sharding.py), as in training.
 
     Under msrun each rank passes its `rows` of every batch; the loss network averages over ranks."""
     was_training = loss_net.training
     loss_net.set_train(False)
     try:
         losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for t, d in
-                  eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches)]
+                  eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches, layout)]
     finally:
         loss_net.set_train(was_training)
     if not losses:
@@ -203,7 +205,9 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
         print(f"warning: --resume: no checkpoint in {ckpt_dir}; starting at step 1", file=sys.stderr, flush=True)
     splits = prepare_data(cfg)
     step_cell, optimizer = training.step, training.step.optimizer
-    stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed)
+    layout = row_domains(cfg)
+    stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed) if layout is None \
+        else DomainBatchStream(splits["train"], layout, cfg.train.seed)
     start = 0
     if resume and existing:
         params, meta = checkpoint.load(existing[-1])
@@ -212,7 +216,8 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
             raise UserInputError(f"{existing[-1]}: saved by rank {meta.get('rank', 'of a one-process run')}, "
                                  f"read by {training.label}; merge or split it with tools/convert_ckpt.py")
         checkpoint.restore(step_cell, params, existing[-1])
-        stream.restore({"epoch": meta["data_epoch"], "index": meta["data_index"]})
+        stream.restore(json.loads(meta["data_state"]) if "data_state" in meta else
+                       {"epoch": meta["data_epoch"], "index": meta["data_index"]})
         start = int(meta["step"])
         print(f"resumed from {existing[-1]} at step {start}", flush=True)
         if cfg.model.dropout > 0:
@@ -243,14 +248,21 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
             if record["moe_layers"] else ""
         extra += " | overflow: step skipped" if record["skipped"] else ""
         if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
-            valid_ppl = evaluate(training.loss_net, splits["valid"], cfg, training.rows)
+            valid_ppl = evaluate(training.loss_net, splits["valid"], cfg, training.rows, layout)
             record["valid_ppl"] = valid_ppl
             extra += f" | valid ppl {valid_ppl:.1f}"
+            if layout is not None:  # each domain's own perplexity, on batches of that domain alone
+                record["valid_ppl_by_domain"] = {
+                    domain_name(d): evaluate(training.loss_net, domain_rows(splits["valid"], d, "valid"), cfg,
+                                             training.rows, np.full_like(layout, d))
+                    for d in sorted(set(layout.tolist()))}
         log.write(record)
         progress.show(step, loss, record["tokens_per_s"], extra)
         if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
             state = stream.state()
-            meta = {"data_epoch": state["epoch"], "data_index": state["index"],
+            position = {"data_state": json.dumps(state)} if layout is not None else \
+                {"data_epoch": state["epoch"], "data_index": state["index"]}
+            meta = {**position,
                     "config_json": json.dumps(cfg.to_dict()), "valid_ppl": record.get("valid_ppl"),
                     **training.shard_meta}
             checkpoint.save(step_cell, ckpt_dir, step, meta, cfg.train.keep_checkpoints)
@@ -271,7 +283,8 @@ def evaluate_checkpoint(cfg: Config, path: Path) -> dict:
     loss_net = build_model(cfg)
     checkpoint.restore(loss_net, params, path, model_only=True)
     result = {"checkpoint": str(path), "step": int(meta["step"]),
-              "valid_ppl": evaluate(loss_net, splits["valid"], cfg), "test_ppl": evaluate(loss_net, splits["test"], cfg)}
+              "valid_ppl": evaluate(loss_net, splits["valid"], cfg, layout=row_domains(cfg)),
+              "test_ppl": evaluate(loss_net, splits["test"], cfg, layout=row_domains(cfg))}
     if "valid_ppl" in meta:
         result["valid_ppl_at_save"] = float(meta["valid_ppl"])
     return result
