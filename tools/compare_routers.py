@@ -21,20 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from locmoe_ms.config import ROUTER_GATES, load_config  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
+from locmoe_ms.experiments.analysis import routing_summary  # noqa: E402
 from locmoe_ms.paths import output_dir, output_file  # noqa: E402
-
-
-def routing_summary(records: list[dict]) -> dict:
-    """Mean dropped share, local share and experts in use over the last quarter of the steps and all sparse layers."""
-    tail = records[-max(1, len(records) // 4):]
-    layers = [layer for r in tail for layer in r["moe_layers"]]
-    if not layers:
-        return {"dropped": 0.0, "local": 0.0, "experts_used": 0.0}
-    return {
-        "dropped": sum(layer["dropped_share"] for layer in layers) / len(layers),
-        "local": sum(layer["local_share"] for layer in layers) / len(layers),
-        "experts_used": sum(sum(1 for n in layer["tokens_per_expert"] if n > 0) for layer in layers) / len(layers),
-    }
 
 
 def train_router(config: str, router: str, steps: int, out: Path, overrides: list[str]) -> dict:
