@@ -121,3 +121,17 @@ def sweep(runs: list[Run], path: Path, x_key: tuple[str, str], series_key: tuple
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def distributions(values: dict[str, np.ndarray], path: Path, mark: float) -> None:
+    """Histograms of the routed cosine (tools/measure_delta.py), the paper's delta marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=90)
+    for name, cos in values.items():
+        ax.hist(cos, bins=60, histtype="step", density=True, label=name)
+    ax.axvline(mark, color="k", linestyle=":", label=f"paper's delta {mark}")
+    ax.set(xlabel="cos(token, GrAP row of its expert)", ylabel="density")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
