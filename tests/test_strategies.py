@@ -170,12 +170,18 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     assert ops["network.blocks.0.attention.query"] == "attention.query"
     assert "network.blocks.3.moe.router.gate" not in ops and ops["network.final_norm"] == "head.layernorm"
     # the dispatchers of the two sparse blocks own the primitives auto-parallel pins over token groups
-    assert sorted(plan.primitives) == sorted((f"network.blocks.{i}.moe.dispatcher.{attr}", op) for i in (1, 3)
-                                             for attr, op in (("match", "dispatch.match"),
-                                                              ("pad_tokens", "dispatch.pad"),
-                                                              ("pad_slots", "combine.pad"),
-                                                              ("gather_slots", "dispatch"),
-                                                              ("gather_tokens", "combine")))
+    assert {(f"network.blocks.{i}.moe.dispatcher.{attr}", op) for i in (1, 3)
+            for attr, op in (("match", "dispatch.match"), ("pad_tokens", "dispatch.pad"), ("pad_slots", "combine.pad"),
+                             ("gather_slots", "dispatch"), ("gather_tokens", "combine"))} <= set(plan.primitives)
+    # and the matmuls and softmaxes sharding propagation split otherwise (a Linear's op is its matmul)
+    prims = dict(plan.primitives)
+    assert prims["network.query_layer.attention.query.matmul"] == "query_layer.query"
+    assert prims["network.blocks.2.ffn.w_out.matmul"] == "ffn.w_out"
+    assert prims["network.blocks.0.attention.scores_matmul"] == "attention.scores"
+    assert prims["network.blocks.1.moe.router.gate.matmul"] == "gate"
+    assert prims["network.blocks.1.moe.router.softmax"] == "router.softmax"
+    assert prims["network.blocks.3.moe.experts.bmm_out"] == "experts.w_out"
+    assert prims["network.logits_matmul"] == "head.logits"
     assert st.parameter_mismatches(names) == []
     expert = st.parameter_split_of(planned["network.blocks.1.moe.experts.w_in"])
     assert (expert.expert_axis, expert.model_axis) == (0, 2)

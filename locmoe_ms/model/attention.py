@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 from mindspore import Tensor, nn, ops
+from mindspore.ops.auto_generate import MatMulExt
 
 from locmoe_ms.model.layers import DTYPES, Linear, matmul_in
 
@@ -24,6 +25,12 @@ class Attention(nn.Cell):
         causal = np.triu(np.full((seq_length, seq_length), -1e9, dtype=np.float32), k=1)
         self.causal_bias = Tensor(causal)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        # the primitives ops.matmul / ops.softmax call, owned so that auto-parallel can pin them over (dp, heads:mp)
+        # (parallel/context.py PRIMITIVE_OPS); left to sharding propagation, they were split otherwise
+        self.broadcast = ops.Add()  # [B, S, h] zeros + the query layer's [S, h]: a broadcast whose layout can be pinned
+        self.scores_matmul = MatMulExt()
+        self.softmax = ops.Softmax(axis=-1)
+        self.context_matmul = MatMulExt()
 
     def _heads(self, x: Tensor) -> Tensor:
         b, s, _ = x.shape
@@ -33,10 +40,12 @@ class Attention(nn.Cell):
         """x [B, S, h] gives keys and values; query_input [B, S, h] (or [S, h]) gives queries."""
         b, s, h = x.shape
         q = self.query(query_input)
-        q = ops.broadcast_to(q, (b, s, h))
+        if len(query_input.shape) == 2:  # the top query layer: one query embedding for every sequence
+            q = self.broadcast(ops.zeros_like(x), q)
         k, v = self.key(x), self.value(x)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        scores = matmul_in(self.dtype, q, k.transpose(0, 1, 3, 2)) * self.scale + self.causal_bias[:s, :s]
-        probs = self.dropout(ops.softmax(scores, axis=-1))  # float32
-        context = matmul_in(self.dtype, probs, v).transpose(0, 2, 1, 3).reshape(b, s, h)
+        scores = matmul_in(self.dtype, q, k.transpose(0, 1, 3, 2), self.scores_matmul) * self.scale \
+            + self.causal_bias[:s, :s]
+        probs = self.dropout(self.softmax(scores))  # float32
+        context = matmul_in(self.dtype, probs, v, self.context_matmul).transpose(0, 2, 1, 3).reshape(b, s, h)
         return self.out(context)

@@ -5,6 +5,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
+from mindspore.ops.auto_generate import MatMulExt
 
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
@@ -46,9 +47,10 @@ class Linear(nn.Cell):
         self.bias = Parameter(Tensor(np.zeros(n_out, np.float32)), name="bias") if bias else None
         self.add_bias = BiasAdd()
         self.dtype = DTYPES[compute_dtype]
+        self.matmul = MatMulExt()  # ops.matmul's primitive, owned so that auto-parallel pins it (parallel/context.py)
 
     def construct(self, x: Tensor) -> Tensor:
-        y = matmul_in(self.dtype, x, self.weight)
+        y = matmul_in(self.dtype, x, self.weight, self.matmul)
         if self.bias is not None:
             y = self.add_bias(y, self.bias)
         return y

@@ -13,10 +13,14 @@ from mindspore import Tensor, nn, ops
 class CrossEntropy(nn.Cell):
     """mean_t (logsumexp(logits_t) - logits_t[label_t]); logits [N, V] float32, labels [N] int32."""
 
+    def __init__(self):
+        super().__init__()
+        own_primitives(self)
+
     def construct(self, logits: Tensor, labels: Tensor) -> Tensor:
         peak = ops.stop_gradient(logits.max(axis=-1, keepdims=True))
-        logsumexp = ops.log(ops.exp(logits - peak).sum(axis=-1)) + peak.reshape(-1)
-        picked = ops.gather_elements(logits, 1, labels.reshape(-1, 1)).reshape(-1)
+        logsumexp = ops.log(ops.exp(self.shift(logits, peak)).sum(axis=-1)) + peak.reshape(-1)
+        picked = self.pick(logits, 1, labels.reshape(-1, 1)).reshape(-1)
         return (logsumexp - picked).mean()
 
     def bprop(self, logits, labels, out, dout):
@@ -25,3 +29,11 @@ class CrossEntropy(nn.Cell):
         index = ops.stack((ops.arange(rows, dtype=ms.int32), labels.astype(ms.int32)), axis=1)
         grad = ops.tensor_scatter_add(probs, index, ops.full((rows,), -1.0, dtype=probs.dtype))
         return grad * (dout / rows), ops.zeros_like(labels)
+
+
+def own_primitives(cell: nn.Cell) -> None:
+    """The primitives of CrossEntropy's forward (what `-` and ops.gather_elements call), owned so that auto-parallel
+    can pin them over the token axis (parallel/context.py PRIMITIVE_OPS); left to sharding propagation, every rank
+    gathered the whole [tokens, vocabulary] logits."""
+    cell.shift = ops.Sub()
+    cell.pick = ops.GatherD()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
+from mindspore.ops.auto_generate import MatMulExt
 
 from locmoe_ms.config import Config
 from locmoe_ms.model.blocks import DenseBlock, SparseBlock
@@ -43,6 +44,7 @@ class PanGuSigmaLM(nn.Cell):
         self.query_layer = DenseBlock(cfg)
         self.num_sparse = len(m.sparse_layers)
         self.dtype = DTYPES[m.compute_dtype]
+        self.logits_matmul = MatMulExt()  # ops.matmul's primitive, pinned by auto-parallel (context.PRIMITIVE_OPS)
         if m.recompute:  # activations of each block are recomputed in the backward pass instead of kept
             for block in self.blocks:
                 block.recompute()
@@ -69,7 +71,8 @@ class PanGuSigmaLM(nn.Cell):
             else:
                 x = self.blocks[i](x)
         x = self.final_norm(self.query_layer(x, self.top_query_embedding[:s]))
-        logits = matmul_in(self.dtype, x.reshape(b * s, self.hidden), self.word_embedding.T)  # float32 for the loss
+        logits = matmul_in(self.dtype, x.reshape(b * s, self.hidden), self.word_embedding.T,
+                           self.logits_matmul)  # float32 for the loss
         if self.num_sparse == 0:
             return logits, aux, loc, ops.zeros((0, self.groups, self.experts), ms.float32), \
                 ops.zeros((0,), ms.float32), ops.zeros((0,), ms.float32), ops.zeros((0, 3), ms.float32)

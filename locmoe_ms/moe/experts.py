@@ -18,7 +18,10 @@ class Experts(nn.Cell):
         self.b_out = Parameter(Tensor(np.zeros((experts, 1, hidden), np.float32)), name="b_out")
         self.act = activation(act)
         self.dtype = DTYPES[compute_dtype]
+        # ops.bmm's primitive, owned so that auto-parallel can pin both matmuls (parallel/context.py PRIMITIVE_OPS)
+        self.bmm_in = ops.BatchMatMul()
+        self.bmm_out = ops.BatchMatMul()
 
     def construct(self, x: Tensor) -> Tensor:
-        hidden = self.act(matmul_in(self.dtype, x, self.w_in, ops.bmm) + self.b_in)
-        return matmul_in(self.dtype, hidden, self.w_out, ops.bmm) + self.b_out
+        hidden = self.act(matmul_in(self.dtype, x, self.w_in, self.bmm_in) + self.b_in)
+        return matmul_in(self.dtype, hidden, self.w_out, self.bmm_out) + self.b_out

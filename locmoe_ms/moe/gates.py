@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
+from mindspore.ops.auto_generate import MatMulExt
 
 
 def grap_weight(experts: int, hidden: int) -> np.ndarray:
@@ -38,9 +39,10 @@ class GrAPGate(nn.Cell):
         self.hidden = hidden
         self.weight = Tensor(grap_weight(experts, hidden))
         self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
+        self.matmul = MatMulExt()  # ops.matmul's, owned: auto-parallel pins it over dp (parallel/context.py)
 
     def construct(self, x: Tensor):
-        pre = ops.dense(x, self.weight, self.bias)
+        pre = self.matmul(x, self.weight.T) + self.bias
         if self.relu:
             return ops.relu(pre), pre
         return pre, pre
@@ -52,7 +54,8 @@ class DenseGate(nn.Cell):
     def __init__(self, hidden: int, experts: int, init_std: float = 0.02):
         super().__init__()
         self.weight = Parameter(initializer(Normal(init_std), (hidden, experts)), name="weight")
+        self.matmul = MatMulExt()  # ops.matmul's, owned: auto-parallel pins it over dp (parallel/context.py)
 
     def construct(self, x: Tensor):
-        logits = ops.matmul(x, self.weight)
+        logits = self.matmul(x, self.weight)
         return logits, logits

@@ -54,6 +54,7 @@ class LearnedRouter(nn.Cell):
         self.z_loss_factor = health.z_loss_factor
         self.jitter = health.jitter
         self.uniform = ops.UniformReal()
+        self.softmax = ops.Softmax(axis=-1)  # owned: auto-parallel pins it (parallel/context.py PRIMITIVE_OPS)
         self.balance_rate = health.bias_balance_rate
         if self.balance_rate > 0:  # a parameter so checkpoints keep it, updated by the rule below, not by gradient
             self.balance_bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="balance_bias",
@@ -63,7 +64,7 @@ class LearnedRouter(nn.Cell):
         if self.jitter > 0 and self.training:
             x = x * (1.0 - self.jitter + 2.0 * self.jitter * self.uniform(x.shape))
         logits, order = self.gate(x)
-        probs = ops.softmax(logits, axis=-1)
+        probs = self.softmax(logits)
         if self.balance_rate > 0:
             index = top1(probs + self.balance_bias, order)
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from mindspore import nn
 
 from locmoe_ms.model.layers import BiasAdd
-from locmoe_ms.model.loss import CrossEntropy
+from locmoe_ms.model.loss import CrossEntropy, own_primitives
 from locmoe_ms.model.network import build_model
 from locmoe_ms.parallel.context import apply_shard_strategies, set_parallel_context
 
@@ -24,7 +24,12 @@ class AutodiffBiasAdd(nn.Cell):
 
 
 class AutodiffCrossEntropy(nn.Cell):
-    """CrossEntropy's forward with MindSpore's own backward pass."""
+    """CrossEntropy's forward (and primitives) with MindSpore's own backward pass."""
+
+    def __init__(self):
+        super().__init__()
+        own_primitives(self)
+
     construct = CrossEntropy.construct
 
 

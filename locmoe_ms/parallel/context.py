@@ -11,9 +11,10 @@ per-op `Primitive.shard` has nothing to attach to. `apply_shard_strategies` ther
   Experts): their input and output layouts and their parameters' layouts, as MindSpore `Layout`s of the ("edp",
   "ep", "mp") mesh so the rank order is Topology's; MindSpore's sharding propagation derives the ops in between,
   which is why `set_parallel_context` uses parallel_mode "auto_parallel" with search_mode "sharding_propagation";
-- calls `Primitive.shard` on the primitives cells own under a name in PRIMITIVE_OPS: the Dispatcher's (dispatch
-  and combine per token group) and the MoE layer's GroupwiseLayouts (the group-wise exchange's layouts); the
-  other names are those a cell should use to have an op pinned (e.g. Attention.scores_matmul).
+- calls `Primitive.shard` on the primitives cells own under a name in PRIMITIVE_OPS (the Dispatcher's, the
+  group-wise exchange's layouts, the attention, gate, softmax, expert and logits matmuls, the loss's gather) and
+  on the `matmul` a CELL_OPS Linear owns: left to sharding propagation, these were split so that MindSpore
+  inserted gathers strategies.py does not plan (the GrAP gate's ops.dense even ran batch-parallel over all devices).
 Under auto-parallel MindSpore partitions the *global* graph: parallel/auto.py builds the network with the
 one-process placement (every token group and expert, LocalExchange); the explicit exchange and auto-parallel are
 alternatives.
@@ -25,7 +26,7 @@ from typing import Any
 
 from locmoe_ms.errors import UserInputError
 from locmoe_ms.parallel.strategies import (OPS, ParallelSizes, TensorLayout, in_strategies, layout_of,
-                                           parameter_layout, validate, MESH_AXES)
+                                           mindspore_layouts, parameter_layout, validate, MESH_AXES)
 
 # Cell path suffix -> the op whose input 0 is the cell's input; first match wins. The cell's output layout is that
 # of CELL_OUTPUTS[op] (the bias add after a projection), else the op's own. Not listed, its layouts left to sharding
@@ -59,6 +60,7 @@ CELL_OUTPUTS: dict[str, str] = {
 
 # (cell class name, attribute) -> op: primitives a cell may own to have that op pinned by Primitive.shard.
 PRIMITIVE_OPS: dict[tuple[str, str], str] = {
+    ("Attention", "broadcast"): "query_layer.broadcast",
     ("Attention", "scores_matmul"): "attention.scores",
     ("Attention", "softmax"): "attention.softmax",
     ("Attention", "context_matmul"): "attention.context",
@@ -77,7 +79,15 @@ PRIMITIVE_OPS: dict[tuple[str, str], str] = {
     ("Experts", "bmm_in"): "experts.w_in",
     ("Experts", "bmm_out"): "experts.w_out",
     ("PanGuSigmaLM", "logits_matmul"): "head.logits",
+    ("GrAPGate", "matmul"): "gate",
+    ("DenseGate", "matmul"): "gate",
+    ("AutodiffCrossEntropy", "shift"): "loss.shift",
+    ("AutodiffCrossEntropy", "pick"): "loss.pick",
 }
+
+
+# Pinned primitives whose strategy is a tuple of Layouts (rank order pinned to Topology's), not numeric splits.
+LAYOUT_PRIMITIVES = ("experts.w_in", "experts.w_out", "query_layer.query")
 
 
 @dataclass
@@ -114,6 +124,8 @@ def shard_plan(network: Any) -> ShardPlan:
             params = {p.name: parameter_layout(p.name) for p in cell.get_parameters()}
             plan.cells.append(CellPlan(path, op, (OPS[op].inputs[0],), params, OPS[CELL_OUTPUTS.get(op, op)].output))
             planned.update(params)
+            if isinstance(getattr(cell, "matmul", None), Primitive):  # a Linear: its op is the matmul it owns
+                plan.primitives.append((f"{path}.matmul", op))
         for (cls, attr), prim_op in PRIMITIVE_OPS.items():
             if type(cell).__name__ == cls and isinstance(getattr(cell, attr, None), Primitive):
                 plan.primitives.append((f"{path}.{attr}", prim_op))
@@ -177,8 +189,10 @@ def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
         path, _, attr = where.rpartition(".")
         # numeric strategies: with a Layout on a primitive MindSpore 2.10 failed ("GatherDInfo / ConcatInfo
         # SetCostUnderLayout failed"); numeric ones order the device matrix by tensor dimension with the repeated
-        # mp copies innermost, so every pinned op lists its (edp, ep) dimensions before the others (Topology's order)
-        getattr(cells[path], attr).shard(numeric[op])
+        # mp copies innermost, so every pinned op lists its (edp, ep) dimensions before the others (Topology's order);
+        # the expert matmuls list E:ep before GC:edp, so they take Layouts (BatchMatMul accepts them)
+        strategy = mindspore_layouts(sizes, op) if op in LAYOUT_PRIMITIVES else numeric[op]
+        getattr(cells[path], attr).shard(strategy)
     return plan
 
 
