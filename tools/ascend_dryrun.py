@@ -214,7 +214,7 @@ def run_child(args, cfg, lib: Path) -> tuple[dict, Path | None]:
 def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
     """Collectives of the IR and the problems the checks find."""
     from locmoe_ms.parallel import dryrun
-    from locmoe_ms.parallel.strategies import ParallelSizes, check_strategies, tensor_sizes
+    from locmoe_ms.parallel.strategies import ParallelSizes, check_strategies, gathered_shapes, tensor_sizes
     from locmoe_ms.parallel.topology import Topology
 
     sizes, topo, rank = ParallelSizes.from_config(cfg), Topology.from_config(cfg), result["rank"]
@@ -229,9 +229,14 @@ def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
         problems += dryrun.layout_problems(result["layouts"], result["shapes"], sizes, topo, rank)
         problems += dryrun.checkpoint_problems(result["layouts"], result.get("strategy_ckpt", {}),
                                                result["shapes"])
-        unlisted = dryrun.unlisted_redistributions(collectives, topo, rank)
+        dims = tensor_sizes(cfg, sizes)
+        gathered = gathered_shapes(dims)
+        unlisted = dryrun.unlisted_redistributions(collectives, topo, rank, gathered)
         evidence["unlisted"] = [c.to_dict() for c in unlisted]
-        evidence["intended"] = check_strategies(sizes, tensor_sizes(cfg, sizes)).redistributions
+        evidence["gathered"] = [[op, group, list(shape), reason, n] for op, group, shape, reason in gathered
+                                if (n := sum(c.op == op and c.shape == shape and not c.gradient and
+                                             c.kind == "redistribution" for c in collectives))]
+        evidence["intended"] = check_strategies(sizes, dims).redistributions
         if unlisted:
             problems.append(f"{len(unlisted)} redistributions parallel/strategies.py does not list (see above)")
     return evidence, problems
@@ -260,6 +265,8 @@ def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:
     if evidence.get("intended"):
         print("redistributions parallel/strategies.py intends: " +
               "; ".join(f"{a} -> {b} ({c})" for a, b, c in evidence["intended"]))
+    for op, group, shape, reason, n in evidence.get("gathered", []):
+        print(f"small gathers it accepts: {op} over {group} of {tuple(shape)} x{n} ({reason})")
     if evidence.get("unlisted"):
         print("redistributions it does not list (op, ranks, scope, count):")
         rows: dict = {}

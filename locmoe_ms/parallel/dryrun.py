@@ -220,6 +220,11 @@ def in_moe(scope: str) -> bool:
     return "moe-MoELayer" in scope
 
 
+def in_exchange(scope: str) -> bool:
+    """The exchange's cells: GroupwiseLayouts (auto mode) or the explicit exchange."""
+    return in_moe(scope) and ("layouts-GroupwiseLayouts" in scope or "exchange-" in scope)
+
+
 def expert_exchange_problems(collectives: Sequence[Collective], topology: Topology, rank: int,
                              groupwise: bool) -> list[str]:
     """The expert exchange is an AlltoAll over rank's expert-parallel group; the group-wise exchange adds an
@@ -242,18 +247,23 @@ def intended_groups(topology: Topology, rank: int) -> dict[str, set[tuple[int, .
     return {"AlltoAll": {ep}, "AllGather": {tp}, "AllReduce": {tp, dp}, "ReduceScatter": set()}
 
 
-def unlisted_redistributions(collectives: Sequence[Collective], topology: Topology,
-                             rank: int) -> list[Collective]:
+def unlisted_redistributions(collectives: Sequence[Collective], topology: Topology, rank: int,
+                             gathered: Sequence[tuple[str, str, tuple[int, ...], str]] = ()) -> list[Collective]:
     """Forward-pass redistributions MindSpore inserted that the strategy table does not plan: anything but the
-    exchange's AlltoAll (ep) / AllGather (mp) inside the MoE layer and row-parallel / global sums (AllReduce).
-    Gradient mirrors and backward-pass collectives (the adjoints of forward ones) are not counted."""
+    exchange's AlltoAll (ep) inside the MoE layer and AllGather (mp) inside its layouts (auto mode) or exchange
+    (explicit mode), row-parallel / global sums (AllReduce), and the small gathers of `gathered`
+    (strategies.gathered_shapes: collective, group "dp" or "all", full shape, reason). Gradient mirrors and
+    backward-pass collectives (the adjoints of forward ones) are not counted."""
     intended = intended_groups(topology, rank)
-    intended["AllReduce"].add(tuple(range(topology.world)))  # a flag agreed by every rank (loss-scale overflow)
+    world = tuple(range(topology.world))
+    intended["AllReduce"].add(world)  # a flag agreed by every rank (loss-scale overflow)
+    groups = {"dp": topology.data_group(rank), "all": world}
+    accepted = {(op, groups[group], tuple(shape)) for op, group, shape, _ in gathered}
     out = []
     for c in collectives:
-        if c.gradient or c.op not in intended:
+        if c.gradient or c.op not in intended or (c.op, c.ranks, c.shape) in accepted:
             continue
-        planned = c.ranks in intended[c.op] and (c.op == "AllReduce" or in_moe(c.scope))
-        if not planned:
+        where = c.op == "AllReduce" or (in_exchange(c.scope) if c.op == "AllGather" else in_moe(c.scope))
+        if not (c.ranks in intended[c.op] and where):
             out.append(c)
     return out

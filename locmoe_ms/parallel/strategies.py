@@ -123,7 +123,7 @@ OPS: dict[str, OpSpec] = {
     "attention.residual": _op("Add", ("B:dp S h", "B:dp S h"), "B:dp S h"),
     "query_layer.query": _op("MatMulExt", ("S h", "h h:mp"), "S h:mp"),
     "query_layer.query.bias": _op("Add", ("S h:mp", "h:mp"), "S h:mp"),
-    "query_layer.broadcast": _op("BroadcastTo", ("S h:mp",), "B S h:mp"),
+    "query_layer.broadcast": _op("Add", ("B:dp S h:mp", "S h:mp"), "B:dp S h:mp", note="zeros [B, S, h] + query"),
     # dense FFN
     "ffn.layernorm": _op("LayerNorm", ("B:dp S h", "h", "h"), "B:dp S h", axis=-1),
     "ffn.w_in": _op("MatMulExt", ("B:dp S h", "h f:mp"), "B:dp S f:mp"),
@@ -180,6 +180,8 @@ OPS: dict[str, OpSpec] = {
     "head.layernorm": _op("LayerNorm", ("B:dp S h", "h", "h"), "B:dp S h", axis=-1),
     "head.embedding_transpose": _op("Transpose", ("V h",), "h V", perm=(1, 0)),
     "head.logits": _op("MatMulExt", ("T:dp h", "h V"), "T:dp V"),
+    "loss.shift": _op("Sub", ("T:dp V", "T:dp one"), "T:dp V", note="logits - their row maximum"),
+    "loss.pick": _op("GatherD", ("T:dp V", "T:dp one"), "T:dp one", note="each token's label logit"),
     "loss.cross_entropy": _op("CrossEntropy", ("T:dp V", "T:dp"), "", note="mean over dp: AllReduce(dp)"),
 }
 
@@ -208,8 +210,9 @@ DATA_FLOW: tuple[Edge, ...] = (
     Edge("attention.k_transpose", "attention.scores", 1),
     *_chain("attention.layernorm", "attention.value", "attention.value.bias", "attention.v_heads"),
     Edge("attention.v_heads", "attention.context", 1),
-    *_chain("query_layer.query", "query_layer.query.bias", "query_layer.broadcast"),
-    Edge("query_layer.broadcast", "attention.q_heads", 0, "slice:dp"),
+    Edge("query_layer.query", "query_layer.query.bias"),
+    Edge("query_layer.query.bias", "query_layer.broadcast", 1),
+    Edge("query_layer.broadcast", "attention.q_heads"),
     *(Edge(src, dst, i) for src in ("embedding.position", "ffn.residual", "moe.residual")
       for dst, i in (("attention.layernorm", 0), ("attention.residual", 1))),
     *_chain("attention.residual", "ffn.layernorm", "ffn.w_in", "ffn.w_in.bias", "ffn.act", "ffn.w_out",
@@ -238,8 +241,38 @@ DATA_FLOW: tuple[Edge, ...] = (
     Edge("router.top1", "combine.scale", 1),
     Edge("attention.residual", "moe.residual", 1),
     *_chain("ffn.residual", "head.layernorm", "head.logits", "loss.cross_entropy"),
+    Edge("head.logits", "loss.shift"),
+    Edge("head.logits", "loss.pick"),
     Edge("head.embedding_transpose", "head.logits", 1),
 )
+
+@dataclass(frozen=True)
+class Gathered:
+    """A redistribution the table accepts outside DATA_FLOW: sharding propagation gathers a small router statistic
+    so that every rank computes a loss or a metric whole. Recognised in a compiled graph by collective, group and
+    the gathered tensor's full shape (parallel/dryrun.py unlisted_redistributions)."""
+    collective: str   # AllGather
+    group: str        # "dp": rank's data-parallel group; "all": every device
+    shape: str        # symbols of the gathered tensor's full shape
+    reason: str
+
+
+# Each is at most 4 bytes per token or a few [G, E] floats: next to the exchange's h values per token (1/h of one
+# activation gather). Pinning them needs owned primitives in moe/losses.py and moe/layer.py.
+GATHERED: tuple[Gathered, ...] = (
+    Gathered("AllGather", "dp", "T", "auxiliary loss: OneHot of the expert index runs replicated (counts f_i); "
+                                     "local share: the index looks up the [G*E] locality mask replicated"),
+    Gathered("AllGather", "all", "E", "auxiliary loss: f_i and P_i / T, split over every device by propagation, "
+                                      "gathered for their product"),
+    Gathered("AllGather", "dp", "G E", "locality loss: each token group's mean probabilities, gathered for the KL "
+                                       "against the [G, E] target"),
+)
+
+
+def gathered_shapes(dims: dict[str, int]) -> list[tuple[str, str, tuple[int, ...], str]]:
+    """GATHERED at a config's sizes: (collective, group, full shape, reason)."""
+    return [(g.collective, g.group, tuple(dims[sym] for sym in g.shape.split()), g.reason) for g in GATHERED]
+
 
 # Parameter name suffix -> (op, input) whose layout the parameter has; first match wins.
 PARAMETER_OPS: tuple[tuple[str, str, int], ...] = (
