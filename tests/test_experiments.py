@@ -108,3 +108,19 @@ def test_an_interrupted_suite_resumes_where_it_stopped(tmp_path):
     assert [r["loss"] for r in cut] == pytest.approx([r["loss"] for r in whole], abs=1e-6)
     done = _experiments(tmp_path / "cut", *args)
     assert done.returncode == 0 and done.stderr.count("done already") == 2
+
+
+def test_routing_statistics_of_hand_made_records():
+    from locmoe_ms.experiments.analysis import all_experts_fed_from, last_step_single_expert, routing_summary
+
+    def record(step, *loads):
+        return {"step": step, "moe_layers": [{"tokens_per_expert": list(load), "dropped_share": 0.1 * step,
+                                              "local_share": 0.5} for load in loads]}
+
+    records = [record(1, (5, 5, 0), (4, 4, 2)), record(2, (9, 1, 0), (3, 3, 4)), record(3, (3, 3, 4), (1, 1, 8)),
+               record(4, (2, 4, 4), (3, 3, 4))]
+    assert all_experts_fed_from(records) == 3  # step 2 leaves expert 2 of layer 0 idle
+    assert all_experts_fed_from(records[:2]) is None
+    assert last_step_single_expert(records) == 3  # 9/10 at step 2, 8/10 at step 3, then at most 4/10
+    summary = routing_summary(records)  # last quarter of 4 steps: step 4 alone
+    assert summary == pytest.approx({"dropped": 0.4, "local": 0.5, "experts_used": 3.0, "top_share": 0.4})

@@ -86,13 +86,15 @@ def routing_summary(records: list[dict]) -> dict:
     }
 
 
-def first_step_all_experts(records: list[dict]) -> int | None:
-    """The first step at which every expert of every sparse layer receives tokens (None: never, or no MoE)."""
+def all_experts_fed_from(records: list[dict]) -> int | None:
+    """The step from which on every expert of every sparse layer receives tokens at every logged step (None: some
+    expert is idle at the last step, or there is no MoE layer)."""
+    since = None
     for record in records:
         layers = record["moe_layers"]
-        if layers and all(min(layer["tokens_per_expert"]) > 0 for layer in layers):
-            return record["step"]
-    return None
+        fed = bool(layers) and all(min(layer["tokens_per_expert"]) > 0 for layer in layers)
+        since = (since or record["step"]) if fed else None
+    return since
 
 
 def last_step_single_expert(records: list[dict], share: float = 0.5) -> int | None:

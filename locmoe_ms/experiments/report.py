@@ -9,7 +9,7 @@ from statistics import mean
 import numpy as np
 
 from locmoe_ms.config import config_from_dict
-from locmoe_ms.experiments.analysis import (Run, first_step_all_experts, last_step_single_expert, routing_summary,
+from locmoe_ms.experiments.analysis import (Run, all_experts_fed_from, last_step_single_expert, routing_summary,
                                             tail)
 from locmoe_ms.experiments.suites import SUITES
 
@@ -39,7 +39,7 @@ def routing_row(arm: str, runs: list[Run]) -> list[str]:
     ppl = [r.valid_ppl for r in done]
     stats = [routing_summary(r.records) for r in done]
     sparse = bool(done and done[0].records and done[0].records[0]["moe_layers"])
-    first = [first_step_all_experts(r.records) for r in done]
+    first = [all_experts_fed_from(r.records) for r in done]
     single = [last_step_single_expert(r.records) for r in done]
     cell = (lambda key, spec: _fmt(mean(s[key] for s in stats), spec)) if stats and sparse else (lambda *_: "–")
     return [arm, _fmt(mean(ppl)) if ppl else "running", " / ".join(_fmt(p) for p in ppl) or "–",
@@ -49,11 +49,11 @@ def routing_row(arm: str, runs: list[Run]) -> list[str]:
 
 
 ROUTING_HEADER = ["arm", "valid ppl (mean)", "per seed", "dropped", "experts in use", "busiest expert",
-                  "all experts fed from step", "last step with one expert > 50%"]
+                  "every expert fed from step", "last step with one expert > 50%"]
 ROUTING_NOTE = ("Final validation perplexity (the default config's 8 validation batches); dropped share, experts "
                 "receiving any token and the busiest expert's share of the tokens are means over the last quarter of "
-                "the steps and both sparse layers. *All experts fed from step*: the first step at which every expert "
-                "of every sparse layer received a token. *Last step with one expert > 50%*: the end of the "
+                "the steps and both sparse layers. *Every expert fed from step*: the step from which on every expert "
+                "of every sparse layer received tokens at every step (never: some expert is idle at the end). *Last step with one expert > 50%*: the end of the "
                 "single-expert phase (none: never in it).")
 
 
