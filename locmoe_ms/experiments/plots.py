@@ -37,6 +37,11 @@ def perplexity(runs: list[Run], path: Path, title: str) -> None:
             ax.plot(tokens / 1e6, ppl, color=colors[run.arm], linestyle="-" if run.seed == 0 else "--",
                     marker=".", label=_label(run))
     ax.set(xlabel="training tokens (millions)", ylabel="validation perplexity", yscale="log", title=title)
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(plt.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
