@@ -50,15 +50,18 @@ g++ -O1 -fPIC -c "$WORK/status_factory.cc" -o "$WORK/status_factory.o"
 
 # 4. every CANN library the plugin links against (not shipped with MindSpore, not on the system) -> the stub
 for lib in $PLUGINS; do readelf -d "$lib" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p'; done | sort -u > "$WORK/needed"
+# (no `producer | grep -q` below: under pipefail grep's early exit can SIGPIPE the producer, the test then fails
+# at random and a system library such as libgomp.so.1 got stubbed, which broke `import mindspore` in the compile)
 LDCONFIG=$(command -v ldconfig || ls /sbin/ldconfig /usr/sbin/ldconfig 2>/dev/null | head -1 || true)
+if [[ -n $LDCONFIG ]]; then "$LDCONFIG" -p > "$WORK/system" || true; else : > "$WORK/system"; fi
 on_system() {  # a library the dynamic linker finds already (libc, libstdc++...): never replace it
-  if [[ -n $LDCONFIG ]]; then "$LDCONFIG" -p | grep -q "^\s*$1 "; else
-    find /lib /lib64 /usr/lib /usr/lib64 -name "$1" 2>/dev/null | grep -q .; fi
+  if [[ -s $WORK/system ]]; then grep -q "^\s*$1 " "$WORK/system"; else
+    [[ -n $(find /lib /lib64 /usr/lib /usr/lib64 -name "$1" -print -quit 2>/dev/null) ]]; fi
 }
 built=0
 while read -r soname; do
   [[ $soname == *aarch64* || $soname == _c_dataengine* ]] && continue
-  find "$MS_LIB" -name "$soname" | grep -q . && continue
+  [[ -n $(find "$MS_LIB" -name "$soname" -print -quit) ]] && continue
   on_system "$soname" && continue
   g++ -shared -o "$OUT/$soname" "$WORK/zero.o" "$WORK/status_factory.o" -Wl,-soname,"$soname"
   built=$((built + 1))
