@@ -181,6 +181,12 @@ def test_parameter_layouts_agree_with_layout_module(tiny_network):
     assert prims["network.blocks.1.moe.router.gate.matmul"] == "gate"
     assert prims["network.blocks.1.moe.router.softmax"] == "router.softmax"
     assert prims["network.blocks.3.moe.experts.bmm_out"] == "experts.w_out"
+    # the experts' bias add and exact GeLU (E:ep before GC:edp: with dp/ep > 1 propagation gathered the activation)
+    assert prims["network.blocks.1.moe.experts.add_in"] == "experts.b_in"
+    assert {attr: prims[f"network.blocks.1.moe.experts.act.{attr}"] for attr in
+            ("scale_in", "erf", "shift", "product", "scale_out")} == {
+        "scale_in": "experts.act.scalar", "erf": "experts.act", "shift": "experts.act.scalar",
+        "product": "experts.act.product", "scale_out": "experts.act.scalar"}
     assert prims["network.logits_matmul"] == "head.logits"
     assert st.parameter_mismatches(names) == []
     expert = st.parameter_split_of(planned["network.blocks.1.moe.experts.w_in"])

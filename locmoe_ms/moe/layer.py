@@ -25,21 +25,26 @@ class GroupwiseLayouts(nn.Cell):
         self.shape = (groups, experts, capacity, hidden)
         self.send_slice, self.send_all_to_all, self.send_all_gather = (ops.StridedSlice() for _ in range(3))
         self.return_slice, self.return_all_to_all, self.return_all_gather = (ops.StridedSlice() for _ in range(3))
+        # the transposes between the expert-major and the token-group-major view, owned so that they are pinned
+        # too: the one leaving the experts sees E:ep before G:edp, an order only a Layout keeps (context.py)
+        self.to_groups, self.to_experts, self.from_experts, self.back = (ops.Transpose() for _ in range(4))
 
-    def _through(self, x, first, second, third):
+    def _through(self, x, enter, first, second, third, leave):
         groups, experts, capacity, hidden = self.shape
-        y = x.reshape(experts, groups, capacity, hidden).transpose(1, 0, 2, 3)
+        y = enter(x.reshape(experts, groups, capacity, hidden), (1, 0, 2, 3))
         begin, strides = (0, 0, 0, 0), (1, 1, 1, 1)
         y = third(second(first(y, begin, self.shape, strides), begin, self.shape, strides), begin, self.shape, strides)
-        return y.transpose(1, 0, 2, 3).reshape(x.shape)
+        return leave(y, (1, 0, 2, 3)).reshape(x.shape)
 
     def dispatched(self, buffer):
         """[E, G*C, h] on its way to the experts."""
-        return self._through(buffer, self.send_slice, self.send_all_to_all, self.send_all_gather)
+        return self._through(buffer, self.to_groups, self.send_slice, self.send_all_to_all, self.send_all_gather,
+                             self.to_experts)
 
     def returned(self, expert_out):
         """[E, G*C, h] on its way back to the token groups."""
-        return self._through(expert_out, self.return_slice, self.return_all_to_all, self.return_all_gather)
+        return self._through(expert_out, self.from_experts, self.return_slice, self.return_all_to_all,
+                             self.return_all_gather, self.back)
 
 
 class MoELayer(nn.Cell):

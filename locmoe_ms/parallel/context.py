@@ -12,9 +12,10 @@ per-op `Primitive.shard` has nothing to attach to. `apply_shard_strategies` ther
   "ep", "mp") mesh so the rank order is Topology's; MindSpore's sharding propagation derives the ops in between,
   which is why `set_parallel_context` uses parallel_mode "auto_parallel" with search_mode "sharding_propagation";
 - calls `Primitive.shard` on the primitives cells own under a name in PRIMITIVE_OPS (the Dispatcher's, the
-  group-wise exchange's layouts, the attention, gate, softmax, expert and logits matmuls, the loss's gather) and
-  on the `matmul` a CELL_OPS Linear owns: left to sharding propagation, these were split so that MindSpore
-  inserted gathers strategies.py does not plan (the GrAP gate's ops.dense even ran batch-parallel over all devices).
+  group-wise exchange's layouts and transposes, the attention, gate, softmax and logits matmuls, the experts'
+  matmuls, bias add and activation, the loss's gather) and on the `matmul` a CELL_OPS Linear owns: left to sharding
+  propagation, these were split so that MindSpore inserted gathers strategies.py does not plan (the GrAP gate's
+  ops.dense even ran batch-parallel over all devices; with dp/ep > 1 the experts' activation was gathered whole).
 Under auto-parallel MindSpore partitions the *global* graph: parallel/auto.py builds the network with the
 one-process placement (every token group and expert, LocalExchange); the explicit exchange and auto-parallel are
 alternatives.
@@ -76,8 +77,19 @@ PRIMITIVE_OPS: dict[tuple[str, str], str] = {
     ("GroupwiseLayouts", "return_slice"): "exchange.return_slice",
     ("GroupwiseLayouts", "return_all_to_all"): "exchange.return_all_to_all",
     ("GroupwiseLayouts", "return_all_gather"): "exchange.return_all_gather",
+    ("GroupwiseLayouts", "to_groups"): "exchange.to_groups",
+    ("GroupwiseLayouts", "to_experts"): "exchange.to_experts",
+    ("GroupwiseLayouts", "from_experts"): "exchange.from_experts",
+    ("GroupwiseLayouts", "back"): "exchange.back",
     ("Experts", "bmm_in"): "experts.w_in",
     ("Experts", "bmm_out"): "experts.w_out",
+    ("Experts", "add_in"): "experts.b_in",
+    ("ExpertActivation", "unary"): "experts.act",
+    ("ExpertActivation", "scale_in"): "experts.act.scalar",
+    ("ExpertActivation", "erf"): "experts.act",
+    ("ExpertActivation", "shift"): "experts.act.scalar",
+    ("ExpertActivation", "product"): "experts.act.product",
+    ("ExpertActivation", "scale_out"): "experts.act.scalar",
     ("PanGuSigmaLM", "logits_matmul"): "head.logits",
     ("GrAPGate", "matmul"): "gate",
     ("DenseGate", "matmul"): "gate",
@@ -86,8 +98,11 @@ PRIMITIVE_OPS: dict[tuple[str, str], str] = {
 }
 
 
-# Pinned primitives whose strategy is a tuple of Layouts (rank order pinned to Topology's), not numeric splits.
-LAYOUT_PRIMITIVES = ("experts.w_in", "experts.w_out", "query_layer.query")
+# Pinned primitives whose strategy is a tuple of Layouts (rank order pinned to Topology's), not numeric splits: the
+# expert ops see E:ep before GC:edp (or G:edp), an order numeric strategies cannot give when dp/ep > 1 and ep > 1;
+# sharding propagation does not carry a Layout through the ops between, so every one of them is pinned.
+LAYOUT_PRIMITIVES = ("experts.w_in", "experts.b_in", "experts.act", "experts.act.scalar", "experts.act.product",
+                     "experts.w_out", "exchange.from_experts", "query_layer.query")
 
 
 @dataclass
@@ -190,7 +205,8 @@ def apply_shard_strategies(network: Any, cfg) -> ShardPlan:
         # numeric strategies: with a Layout on a primitive MindSpore 2.10 failed ("GatherDInfo / ConcatInfo
         # SetCostUnderLayout failed"); numeric ones order the device matrix by tensor dimension with the repeated
         # mp copies innermost, so every pinned op lists its (edp, ep) dimensions before the others (Topology's order);
-        # the expert matmuls list E:ep before GC:edp, so they take Layouts (BatchMatMul accepts them)
+        # the expert ops list E:ep before GC:edp, so they take Layouts (BatchMatMul, Add, Mul, Div, Erf and
+        # Transpose accept them)
         strategy = mindspore_layouts(sizes, op) if op in LAYOUT_PRIMITIVES else numeric[op]
         getattr(cells[path], attr).shard(strategy)
     return plan

@@ -162,6 +162,9 @@ OPS: dict[str, OpSpec] = {
     "experts.w_in": _op("BatchMatMul", ("E:ep GC:edp h", "E:ep h f:mp"), "E:ep GC:edp f:mp"),
     "experts.b_in": _op("Add", ("E:ep GC:edp f:mp", "E:ep one f:mp"), "E:ep GC:edp f:mp"),
     "experts.act": _op("Activation", ("E:ep GC:edp f:mp",), "E:ep GC:edp f:mp"),
+    # the exact GeLU's other primitives (moe/experts.py ExpertActivation): x / sqrt(2), + 1 and * 0.5; x * (1 + erf)
+    "experts.act.scalar": _op("Mul", ("E:ep GC:edp f:mp", ""), "E:ep GC:edp f:mp"),
+    "experts.act.product": _op("Mul", ("E:ep GC:edp f:mp", "E:ep GC:edp f:mp"), "E:ep GC:edp f:mp"),
     "experts.w_out": _op("BatchMatMul", ("E:ep GC:edp f:mp", "E:ep f:mp h"), "E:ep GC:edp h",
                          note="row parallel: AllReduce(mp)"),
     "experts.b_out": _op("Add", ("E:ep GC:edp h", "E:ep one h"), "E:ep GC:edp h"),
