@@ -41,14 +41,14 @@ def _locality() -> Suite:
     for data, extra in (("iid", ()), ("domains", DOMAIN_SHARDED)):
         for mu in ("0", "0.01", "0.1", "1"):
             arms.append(Arm(f"{data}-mu{mu}", (*extra, f"moe_config.locality_loss_factor={mu}")))
-    return Suite("locality", tuple(arms), steps=300,
+    return Suite("locality", tuple(arms), steps=200,
                  question="Does the locality loss route tokens to their own node, with i.i.d. or domain-sharded data?")
 
 
 def _capacity() -> Suite:
     arms = [Arm(f"{router}-cf{cf}", (f"moe_config.router={router}", f"moe_config.capacity_factor={cf}"))
             for router in ("locmoe", "switch") for cf in ("0.5", "0.75", "1.0", "1.25", "2.0")]
-    return Suite("capacity", tuple(arms), steps=300,
+    return Suite("capacity", tuple(arms), steps=200,
                  question="Does a capacity lowered toward the critical bound cost perplexity?")
 
 
