@@ -56,7 +56,8 @@ def _health() -> Suite:
     arms = (Arm("no-relu", ("moe_config.grap_relu=false",)),
             Arm("z-loss", ("moe_config.z_loss_factor=0.001",)),
             Arm("jitter", ("moe_config.router_jitter=0.01",)),
-            Arm("bias-balance", ("moe_config.bias_balance_rate=0.001",)))
+            Arm("bias-balance", ("moe_config.bias_balance_rate=0.001",)),
+            Arm("no-relu+bias-balance", ("moe_config.grap_relu=false", "moe_config.bias_balance_rate=0.001")))
     return Suite("health", arms, references=("routers/locmoe-s0", "routers/hash-s0"),
                  question="Is LocMoE's expert collapse inherent to GrAP + ReLU, and does any option close the gap "
                           "to hash?")
