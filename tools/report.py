@@ -38,7 +38,8 @@ def make_plots(runs, output: Path) -> dict[str, list[str]]:
                 names.append(f"{suite}_{kind}.png")
         elif suite == "locality":
             plots.sweep(group, output / "locality.png", ("moe_config", "locality_loss_factor"),
-                        ("data", "node_domains"), "locality loss factor mu (node_domains [] = i.i.d.)", "mu")
+                        ("data", "node_domains"), "locality loss factor mu", "mu",
+                        names={"[]": "i.i.d.", "[0, 1]": "domain-sharded"})
             names.append("locality.png")
         elif suite == "capacity":
             plots.sweep(group, output / "capacity.png", ("moe_config", "capacity_factor"), ("moe_config", "router"),

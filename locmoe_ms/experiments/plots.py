@@ -69,7 +69,7 @@ def expert_load(runs: list[Run], path: Path, title: str) -> None:
             if layer == 0:
                 ax.set_ylabel(_label(run), fontsize=7)
             if row == 0:
-                ax.set_title(f"sparse layer {layer}: expert", fontsize=8)
+                ax.set_title(f"block {run.config['model']['sparse_layers'][layer]} (sparse): expert", fontsize=8)
             if row == len(runs) - 1:
                 ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -100,14 +100,16 @@ def dropped(runs: list[Run], path: Path, title: str) -> None:
 
 
 def sweep(runs: list[Run], path: Path, x_key: tuple[str, str], series_key: tuple[str, str], title: str,
-          x_label: str) -> None:
-    """Validation perplexity, dropped share and local share against one config value, one line per series."""
+          x_label: str, names: dict[str, str] | None = None) -> None:
+    """Validation perplexity, dropped share and local share against one config value, one line per series (named
+    by `names` where given)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2), dpi=90)
     series: dict[str, list[tuple[float, Run]]] = {}
     for run in runs:
         if run.summary:
-            name = str(run.config[series_key[0]][series_key[1]])
+            value = str(run.config[series_key[0]][series_key[1]])
+            name = (names or {}).get(value, value)
             series.setdefault(name, []).append((float(run.config[x_key[0]][x_key[1]]), run))
     for name, points in series.items():
         points.sort(key=lambda p: p[0])
@@ -121,7 +123,8 @@ def sweep(runs: list[Run], path: Path, x_key: tuple[str, str], series_key: tuple
         ax.grid(alpha=0.3)
         if x_key[1] == "locality_loss_factor":
             ax.set_xscale("symlog", linthresh=0.01)
-    axes[0].legend(fontsize=7, title=series_key[1], title_fontsize=7)
+    if series:
+        axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -144,6 +144,8 @@ def write_report(runs: list[Run], output: Path, plots: dict[str, list[str]], not
             delta = output / "capacity_delta.md"
             if delta.exists():
                 lines += [delta.read_text().strip(), ""]
+            if (output / "capacity_delta.png").exists():
+                lines += ["![capacity_delta.png](capacity_delta.png)", ""]
         lines += [f"![{p}]({p})" for p in plots.get(name, [])] + [""]
     path = output / "README.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
