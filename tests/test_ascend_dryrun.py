@@ -36,6 +36,9 @@ EXPLICIT = ["--devices", "16", "--mode", "explicit", "--set", "model.num_layers=
 AUTO = ["--devices", "8", "--mode", "auto", "--set", "parallel_config.model_parallel=2",
         "--set", "parallel_config.data_parallel=4", "--set", "parallel_config.expert_parallel=4",
         "--set", "parallel_config.exchange=groupwise"]
+# moe_config's off-by-default router health options, all on (docs/results: the health suite)
+HEALTH = ["--set", "moe_config.grap_relu=false", "--set", "moe_config.z_loss_factor=0.001",
+          "--set", "moe_config.router_jitter=0.01", "--set", "moe_config.bias_balance_rate=0.001"]
 
 
 @pytest.fixture(scope="session")
@@ -59,18 +62,23 @@ def groups(result: dict) -> set[tuple[str, str]]:
     return {(c["op"], c["group"]) for c in result["collectives"] if c["op"] != "_MirrorOperator"}
 
 
-@pytest.mark.parametrize("rank, expected", [
-    (15, {("AlltoAll", "locmoe_1_3_5_7_9_11_13_15"),          # expert exchange: the expert-parallel group
-          ("AllGather", "locmoe_14_15"),                       # group-wise: the tensor-parallel group (node 1)
-          ("ReduceScatter", "locmoe_14_15"),                   # its backward
-          ("AllReduce", "locmoe_1_3_5_7_9_11_13_15"),          # global-batch sums over the data group
-          ("AllReduce", "locmoe_14_15"),                       # expert gradients over the expert's copies
-          ("AllReduce", "hccl_world_group")}),                 # dense gradients, overflow flag
-    (0, {("AlltoAll", "locmoe_0_2_4_6_8_10_12_14"), ("AllGather", "locmoe_0_1"), ("ReduceScatter", "locmoe_0_1"),
-         ("AllReduce", "locmoe_0_2_4_6_8_10_12_14"), ("AllReduce", "locmoe_0_1"), ("AllReduce", "hccl_world_group")}),
-])
-def test_explicit_train_step_uses_the_topology_groups(cann_stub, tmp_path, rank, expected):
-    code, out, result = dryrun(cann_stub, tmp_path, *EXPLICIT, "--rank", str(rank),
+RANK_15 = {("AlltoAll", "locmoe_1_3_5_7_9_11_13_15"),       # expert exchange: the expert-parallel group
+           ("AllGather", "locmoe_14_15"),                    # group-wise: the tensor-parallel group (node 1)
+           ("ReduceScatter", "locmoe_14_15"),                # its backward
+           ("AllReduce", "locmoe_1_3_5_7_9_11_13_15"),       # global-batch sums over the data group
+           ("AllReduce", "locmoe_14_15"),                    # expert gradients over the expert's copies
+           ("AllReduce", "hccl_world_group")}                # dense gradients, overflow flag
+
+
+@pytest.mark.parametrize("rank, options, expected", [
+    (15, [], RANK_15),
+    (0, [], {("AlltoAll", "locmoe_0_2_4_6_8_10_12_14"), ("AllGather", "locmoe_0_1"), ("ReduceScatter", "locmoe_0_1"),
+             ("AllReduce", "locmoe_0_2_4_6_8_10_12_14"), ("AllReduce", "locmoe_0_1"),
+             ("AllReduce", "hccl_world_group")}),
+    (15, HEALTH, RANK_15),  # bias balancing sums the load over the data group, as the auxiliary loss does
+], ids=["rank15", "rank0", "rank15-health"])
+def test_explicit_train_step_uses_the_topology_groups(cann_stub, tmp_path, rank, options, expected):
+    code, out, result = dryrun(cann_stub, tmp_path, *EXPLICIT, *options, "--rank", str(rank),
                                "--set", "train.loss_scale=dynamic")
     assert result is not None and result["compiled"], out
     assert code == 0 and "checks: pass" in out, out
@@ -180,6 +188,22 @@ def test_auto_mode_compiles_the_real_train_step(cann_stub, tmp_path):
     mirrors = {tuple(c["ranks"]) for c in result["collectives"] if c["op"] == "_MirrorOperator"}
     assert mirrors == {(0, 2, 4, 6), (0, 1, 2, 3, 4, 5, 6, 7), (0, 1)}  # gradients: over dp, world, tp
     _assert_only_listed_redistributions(code, out, result)
+
+
+def test_auto_mode_compiles_the_router_health_options(cann_stub, tmp_path):
+    """With every health option on, the train step compiles with no unlisted redistribution; each sparse layer's
+    balance_bias is whole on every rank and has no optimizer moment (its rule updates it, not a gradient)."""
+    code, out, result = dryrun(cann_stub, tmp_path, *AUTO, *HEALTH)
+    assert result is not None and result["compiled"], out
+    _assert_only_listed_redistributions(code, out, result)
+    biases = sorted(n for n in result["layouts"] if "balance_bias" in n)
+    assert biases == ["network.blocks.1.moe.router.balance_bias", "network.blocks.3.moe.router.balance_bias"]
+    for name in biases:
+        _, tensor_map, piece = result["layouts"][name]
+        assert tensor_map == [-1] and piece == [8], name  # 8 experts, not split
+    for layer in (1, 3):
+        exchange = _exchange(result, layer)
+        assert exchange.count(("AlltoAll", EP_GROUP)) == 2 and exchange.count(("AllGather", TP_GROUP)) == 2, out
 
 
 def _assert_only_listed_redistributions(code: int, out: str, result: dict) -> None:
