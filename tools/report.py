@@ -33,8 +33,7 @@ def make_plots(runs, output: Path) -> dict[str, list[str]]:
         if suite in ("routers", "health"):
             for kind, draw in (("perplexity", plots.perplexity), ("expert_load", plots.expert_load),
                                ("dropped", plots.dropped)):
-                chosen = [r for r in group if r.seed == 0] if kind == "expert_load" else group
-                draw(chosen, output / f"{suite}_{kind}.png", f"{suite}: {kind.replace('_', ' ')}")
+                draw(group, output / f"{suite}_{kind}.png", f"{suite}: {kind.replace('_', ' ')}")
                 names.append(f"{suite}_{kind}.png")
         elif suite == "locality":
             plots.sweep(group, output / "locality.png", ("moe_config", "locality_loss_factor"),
