@@ -53,7 +53,8 @@ class LearnedRouter(nn.Cell):
         health = health or RouterHealth()
         self.z_loss_factor = health.z_loss_factor
         self.jitter = health.jitter
-        self.uniform = ops.UniformReal()
+        if self.jitter > 0:
+            self.uniform = ops.UniformReal()
         self.softmax = ops.Softmax(axis=-1)  # owned: auto-parallel pins it (parallel/context.py PRIMITIVE_OPS)
         self.balance_rate = health.bias_balance_rate
         if self.balance_rate > 0:  # a parameter so checkpoints keep it, updated by the rule below, not by gradient
