@@ -220,3 +220,31 @@ def test_split_checkpoint_resumes_at_another_world_size(training_runs):
         assert [g["step"] for g in got] == [5, 6]
         for g, e in zip(got, expected):
             assert g["loss"] == pytest.approx(e["loss"], rel=1e-5), (rank, g["step"])
+
+
+def test_router_health_options_train_on_four_ranks_as_in_one_process(tmp_path):
+    """GrAP without ReLU, the z-loss and bias balancing (sums over the global batch) on the 4 msrun ranks above:
+    per-step losses and loads as in one process, and after 4 steps every rank holds one process's balance_bias
+    (the merge checks the replicas are bit-identical). Jitter is left out: each rank draws noise for its own tokens."""
+    from locmoe_ms.ckpt import io
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TRAIN_CONFIG.replace("locality_loss_factor: 0.1}", "locality_loss_factor: 0.1, grap_relu: false, "
+                                           "z_loss_factor: 0.01, bias_balance_rate: 0.01}"))
+    _train_one_process(config, tmp_path / "one")
+    _train_four_ranks(config, tmp_path / "four", tmp_path / "log")
+    expected = _records(tmp_path / "one" / "metrics.jsonl")
+    for rank in range(4):
+        got = _records(tmp_path / "four" / f"rank_{rank}" / "metrics.jsonl")
+        assert [g["step"] for g in got] == [e["step"] for e in expected] == [1, 2, 3, 4]
+        for g, e in zip(got, expected):
+            for key in ("loss", "aux_loss", "locality_loss"):
+                assert g[key] == pytest.approx(e[key], rel=1e-5, abs=1e-6), (rank, g["step"], key)
+            assert [m["tokens_per_expert"] for m in g["moe_layers"]] == \
+                [m["tokens_per_expert"] for m in e["moe_layers"]], (rank, g["step"])
+    _convert("merge", *(tmp_path / "four" / f"rank_{r}" for r in range(4)), "--output", tmp_path / "merged.ckpt")
+    merged, _ = io.read(tmp_path / "merged.ckpt")
+    one, _ = io.read(tmp_path / "one" / "checkpoints" / "step_00000004.ckpt")
+    name = "network.blocks.1.moe.router.balance_bias"
+    assert name in one and np.abs(one[name]).max() > 0  # the rule moved it
+    np.testing.assert_array_equal(merged[name], one[name])
