@@ -123,3 +123,21 @@ def test_routing_statistics_of_hand_made_records():
     assert last_step_single_expert(records) == 3  # 9/10 at step 2, 8/10 at step 3, then at most 4/10
     summary = routing_summary(records)  # last quarter of 4 steps: step 4 alone
     assert summary == pytest.approx({"dropped": 0.4, "local": 0.5, "experts_used": 3.0, "top_share": 0.4})
+
+
+def test_health_references_are_the_routers_runs_of_its_seeds():
+    from locmoe_ms.experiments.analysis import Run
+    from locmoe_ms.experiments.report import reference_runs
+
+    def run(suite, arm, seed):
+        return Run(suite, arm, seed, Path(f"{suite}/{arm}-s{seed}"), {}, [], None)
+
+    routers = [run("routers", arm, seed) for arm in ("locmoe", "switch", "hash") for seed in (0, 1, 2)]
+    health = [run("health", "no-relu", 0), run("health", "no-relu", 1), run("health", "z-loss", 0)]
+    refs = reference_runs("health", health, routers + health)
+    assert {ref: [r.key for r in runs] for ref, runs in refs.items()} == {
+        "routers/locmoe": ["routers/locmoe-s0", "routers/locmoe-s1"],
+        "routers/hash": ["routers/hash-s0", "routers/hash-s1"]}
+    assert reference_runs("health", health[2:], routers) == {"routers/locmoe": [routers[0]],
+                                                              "routers/hash": [routers[6]]}
+    assert reference_runs("routers", routers, routers) == {}

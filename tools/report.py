@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from locmoe_ms.errors import ArgumentParser, exits_on_bad_input  # noqa: E402
 from locmoe_ms.experiments.analysis import find_runs  # noqa: E402
-from locmoe_ms.experiments.report import write_report  # noqa: E402
+from locmoe_ms.experiments.report import reference_runs, write_report  # noqa: E402
 from locmoe_ms.paths import input_file, output_dir  # noqa: E402
 
 
@@ -27,8 +27,7 @@ def make_plots(runs, output: Path) -> dict[str, list[str]]:
     suites = sorted({r.suite for r in runs})
     for suite in suites:
         group = [r for r in runs if r.suite == suite]
-        if suite == "health":  # beside the routers' locmoe and hash runs of seed 0
-            group += [r for r in runs if r.suite == "routers" and r.arm in ("locmoe", "hash") and r.seed == 0]
+        group += [r for refs in reference_runs(suite, group, runs).values() for r in refs]
         names = []
         if suite in ("routers", "health"):
             for kind, draw in (("perplexity", plots.perplexity), ("expert_load", plots.expert_load),

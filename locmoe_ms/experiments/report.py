@@ -32,6 +32,19 @@ def by_arm(runs: list[Run]) -> dict[str, list[Run]]:
     return dict(sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
+def reference_runs(name: str, group: list[Run], runs: list[Run]) -> dict[str, list[Run]]:
+    """The other suites' runs that suite `name`'s tables and plots set beside its own (Suite.references, each
+    SUITE/ARM), at the seeds `group` (that suite's runs) has."""
+    seeds = {r.seed for r in group}
+    out = {}
+    for ref in SUITES[name].references if name in SUITES else ():
+        suite_name, arm = ref.split("/")
+        match = [r for r in runs if r.suite == suite_name and r.arm == arm and r.seed in seeds]
+        if match:
+            out[ref] = sorted(match, key=lambda r: r.seed)
+    return out
+
+
 def routing_row(arm: str, runs: list[Run]) -> list[str]:
     """arm, mean and per-seed final perplexity, last-quarter routing, steps until every expert gets tokens, end of
     the single-expert phase."""
@@ -123,12 +136,8 @@ def write_report(runs: list[Run], output: Path, plots: dict[str, list[str]], not
                   f"({sum(1 for r in group if r.summary)} finished).", ""]
         if name in ("routers", "health"):
             rows = [routing_row(arm, g) for arm, g in by_arm(group).items()]
-            if name == "health":
-                for ref in suite.references:
-                    suite_name, run_name = ref.split("/")
-                    match = [r for r in suites.get(suite_name, []) if f"{r.arm}-s{r.seed}" == run_name]
-                    if match:
-                        rows.append(routing_row(f"{ref} (reference)", match))
+            rows += [routing_row(f"{ref} (reference)", match) for ref, match in
+                     reference_runs(name, group, runs).items()]
             lines += [*_table(ROUTING_HEADER, rows), "", ROUTING_NOTE, ""]
         elif name == "locality":
             lines += [*_table(["arm", "data", "mu", "valid ppl", "per domain", "local share",

@@ -26,7 +26,7 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     steps: int | None = None          # None: the config's train.max_steps
     question: str = ""
-    references: tuple[str, ...] = field(default=())  # runs of other suites the report sets beside this one
+    references: tuple[str, ...] = field(default=())  # SUITE/ARM the report sets beside this one's runs
 
 
 def _routers() -> Suite:
@@ -58,7 +58,7 @@ def _health() -> Suite:
             Arm("jitter", ("moe_config.router_jitter=0.01",)),
             Arm("bias-balance", ("moe_config.bias_balance_rate=0.001",)),
             Arm("no-relu+bias-balance", ("moe_config.grap_relu=false", "moe_config.bias_balance_rate=0.001")))
-    return Suite("health", arms, references=("routers/locmoe-s0", "routers/hash-s0"),
+    return Suite("health", arms, references=("routers/locmoe", "routers/hash"),
                  question="Is LocMoE's expert collapse inherent to GrAP + ReLU, and does any option close the gap "
                           "to hash?")
 
