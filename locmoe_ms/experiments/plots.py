@@ -56,8 +56,10 @@ def expert_load(runs: list[Run], path: Path, title: str) -> None:
         return
     plt = _pyplot()
     layers = len(runs[0].records[0]["moe_layers"])
-    fig, axes = plt.subplots(len(runs), layers, figsize=(3.2 * layers, 1.05 * len(runs) + 0.8), dpi=90,
-                             squeeze=False, sharex=True)
+    height = 1.05 * len(runs) + 0.8
+    fig, axes = plt.subplots(len(runs), layers, figsize=(3.2 * layers + 1.6, height), dpi=90, squeeze=False,
+                             sharex=True)
+    fig.subplots_adjust(left=0.24, right=0.86, top=1 - 0.6 / height, bottom=0.45 / height, hspace=0.3)
     image = None
     for row, run in enumerate(runs):
         for layer in range(layers):
@@ -67,14 +69,14 @@ def expert_load(runs: list[Run], path: Path, title: str) -> None:
                               extent=(0.5, len(loads) + 0.5, loads.shape[1] - 0.5, -0.5))
             ax.set_yticks([0, loads.shape[1] - 1])
             if layer == 0:
-                ax.set_ylabel(_label(run), fontsize=7)
+                ax.set_ylabel(_label(run), fontsize=7, rotation=0, ha="right", va="center")
             if row == 0:
                 ax.set_title(f"block {run.config['model']['sparse_layers'][layer]} (sparse): expert", fontsize=8)
             if row == len(runs) - 1:
                 ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.colorbar(image, ax=axes, shrink=0.6, label="share of tokens")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1 - 0.15 / height)
     fig.savefig(path)
     plt.close(fig)
 
