@@ -1,24 +1,30 @@
 """Router losses: the auxiliary load-balance loss and LocMoE's locality loss."""
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 
-def auxiliary_loss(probs: Tensor, expert_index: Tensor, factor: float, global_sum: nn.Cell | None = None,
-                   global_tokens: int | None = None) -> Tensor:
-    """alpha * n * sum_i f_i * P_i over the whole (global) batch; f_i carries no gradient.
+def expert_load(expert_index: Tensor, experts: int, global_sum: nn.Cell | None = None) -> Tensor:
+    """Tokens per expert [n] (float32) of the batch, or of the global batch when `global_sum` adds the per-expert
+    counts of all ranks that hold distinct tokens. The auxiliary loss's f_i and bias balancing's load."""
+    counts = ops.one_hot(expert_index, experts, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32)).sum(axis=0)
+    return counts if global_sum is None else global_sum(counts)
 
-    With several processes, `global_sum` adds the per-expert sums of all ranks that hold distinct tokens and
-    `global_tokens` is their token count, so every rank gets the loss of the global batch.
+
+def auxiliary_loss(probs: Tensor, load: Tensor, factor: float, global_sum: nn.Cell | None = None,
+                   global_tokens: int | None = None) -> Tensor:
+    """alpha * n * sum_i f_i * P_i over the whole (global) batch; f_i = load_i / tokens carries no gradient.
+
+    `load` is expert_load's count, of the global batch when ranks hold parts of it: then `global_sum` adds the
+    ranks' per-expert probability sums too and `global_tokens` is the global token count.
     """
     experts = probs.shape[-1]
-    counts = ops.one_hot(expert_index, experts, Tensor(1.0, probs.dtype), Tensor(0.0, probs.dtype)).sum(axis=0)
     prob_sums = probs.sum(axis=0)
     if global_sum is not None:
-        counts = global_sum(counts)
         prob_sums = global_sum(prob_sums)
     total = probs.shape[0] if global_tokens is None else global_tokens
-    fraction = ops.stop_gradient(counts / total)
+    fraction = ops.stop_gradient(load.astype(probs.dtype) / total)
     return factor * experts * (fraction * (prob_sums / total)).sum()
 
 

@@ -17,7 +17,7 @@ import mindspore as ms
 
 from locmoe_ms.config import ROUTER_GATES, Config
 from locmoe_ms.moe.gates import DenseGate, GrAPGate
-from locmoe_ms.moe.losses import auxiliary_loss, locality_loss, z_loss
+from locmoe_ms.moe.losses import auxiliary_loss, expert_load, locality_loss, z_loss
 from locmoe_ms.parallel.placement import Placement
 
 
@@ -71,19 +71,18 @@ class LearnedRouter(nn.Cell):
         else:
             index = top1(probs, order)
         score = ops.gather_elements(probs, 1, index.reshape(-1, 1)).reshape(-1)
-        aux = auxiliary_loss(probs, index, self.aux_factor, self.global_sum, self.global_tokens)
+        load = expert_load(index, self.experts, self.global_sum)
+        aux = auxiliary_loss(probs, load, self.aux_factor, self.global_sum, self.global_tokens)
         if self.z_loss_factor > 0:
             aux = aux + z_loss(logits, self.z_loss_factor, self.global_sum, self.global_tokens)
         loc = locality_loss(probs, self.target, self.has_local, self.locality_factor) if self.use_locality \
             else ops.zeros((), ms.float32)
         if self.balance_rate > 0 and self.training:
-            index = ops.depend(index, self.balance(index))
+            index = ops.depend(index, self.balance(load))
         return index, score, probs, aux, loc
 
-    def balance(self, index):
+    def balance(self, load):
         """bias += rate * sign(mean load - load), from the global batch's load: under-loaded experts gain."""
-        load = self.global_sum(ops.one_hot(index, self.experts, Tensor(1.0, ms.float32),
-                                           Tensor(0.0, ms.float32)).sum(axis=0))
         step = self.balance_rate * ops.sign(load.mean() - load)
         return ops.assign_add(self.balance_bias, ops.stop_gradient(step))
 

@@ -265,7 +265,7 @@ class Gathered:
 GATHERED: tuple[Gathered, ...] = (
     Gathered("AllGather", "dp", "T", "auxiliary loss: OneHot of the expert index runs replicated (counts f_i); "
                                      "local share: the index looks up the [G*E] locality mask replicated; bias "
-                                     "balancing counts the load the same way"),
+                                     "balancing reuses that count"),
     Gathered("AllGather", "all", "E", "auxiliary loss: f_i and P_i / T, split over every device by propagation, "
                                       "gathered for their product"),
     Gathered("AllGather", "dp", "G E", "locality loss: each token group's mean probabilities, gathered for the KL "
