@@ -248,3 +248,13 @@ def test_router_health_options_train_on_four_ranks_as_in_one_process(tmp_path):
     name = "network.blocks.1.moe.router.balance_bias"
     assert name in one and np.abs(one[name]).max() > 0  # the rule moved it
     np.testing.assert_array_equal(merged[name], one[name])
+    # --init-from that checkpoint: every rank starts from its balance_bias too (not only from the trained weights),
+    # so one more step ends where one process's does
+    start = tmp_path / "one" / "checkpoints" / "step_00000004.ckpt"
+    _train_one_process(config, tmp_path / "one_more", "--init-from", str(start), "--max-steps", "1")
+    _train_four_ranks(config, tmp_path / "four_more", tmp_path / "log_more", "--init-from", start, "--max-steps", 1)
+    _convert("merge", *(tmp_path / "four_more" / f"rank_{r}" for r in range(4)), "--output", tmp_path / "more.ckpt")
+    after, _ = io.read(tmp_path / "more.ckpt")
+    want, _ = io.read(tmp_path / "one_more" / "checkpoints" / "step_00000001.ckpt")
+    assert np.abs(want[name] - one[name]).max() <= 0.01 + 1e-7  # one step of the rule (rate 0.01) from there
+    np.testing.assert_array_equal(after[name], want[name])

@@ -134,14 +134,14 @@ def build_rank_model(cfg: Config, placement: Placement, init_from: Path | None =
         return full
     block, blocks = placement.topology.expert_block(placement.rank), placement.topology.expert_parallel
     shares = {}
-    for param in full.trainable_params():  # the draws in the same order; one whole tensor in memory at a time
+    for param in full.get_parameters():  # the draws in the same order; one whole tensor in memory at a time
         value = param.asnumpy()
         shares[param.name] = expert_shard(param.name, value, block, blocks).copy()  # a view would keep it whole
         param.set_data(Tensor(np.zeros((1,) * value.ndim, value.dtype)), slice_shape=True)  # frees the whole one
         del value
     del full
     loss_net = build_model(cfg, placement=placement)
-    for param in loss_net.trainable_params():
+    for param in loss_net.get_parameters():  # frozen ones too: bias balancing's balance_bias of init_from
         param.set_data(Tensor(shares.pop(param.name)))
     return loss_net
 
