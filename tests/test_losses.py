@@ -13,7 +13,8 @@ def test_aux_loss_equals_alpha_for_uniform_routing():
     experts, tokens = 8, 64
     probs = np.full((tokens, experts), 1.0 / experts, np.float32)
     index = np.arange(tokens, dtype=np.int32) % experts
-    assert float(auxiliary_loss(Tensor(probs), expert_load(Tensor(index), experts), ALPHA)) == pytest.approx(ALPHA, rel=1e-6)
+    value = float(auxiliary_loss(Tensor(probs), expert_load(Tensor(index), experts), ALPHA))
+    assert value == pytest.approx(ALPHA, rel=1e-6)
 
 
 def test_aux_loss_exceeds_alpha_for_skewed_routing():

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             "**Measured delta** (`python tools/measure_delta.py RUNS --markdown ...`): cosine between each MoE input "
             "token and the GrAP row of its expert, over the validation batches; ec_min is Theorem 1's critical "
             "capacity (tokens per expert, `tools/capacity_bound.py`) at the median cosine with this model's d and n "
-            "(-: the theorem needs a median between 0 and 1); the capacity used is per token group and expert.\n\n" + text + "\n")
+            "(-: the theorem needs a median between 0 and 1); the capacity used is per token group and expert."
+            "\n\n" + text + "\n")
     if args.plot:
         from locmoe_ms.experiments.plots import distributions as plot_distributions
         plot_distributions(distributions, Path(args.plot), PAPER_DELTA)
