@@ -22,6 +22,6 @@ setup(
     entry_points={"console_scripts": [
         "locmoe-train=locmoe_ms.cli:train_main",
         "locmoe-eval=locmoe_ms.cli:eval_main",
-        "locmoe-check-config=locmoe_ms.config:main",
+        "locmoe-check-config=locmoe_ms.cli:check_config_main",
     ]},
 )

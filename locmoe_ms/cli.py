@@ -1,4 +1,5 @@
-"""Console entry points: locmoe-train and locmoe-eval."""
+"""Console entry points: locmoe-train, locmoe-eval and locmoe-check-config. The top floor: argument parsing only,
+the work is done by the modules below (job.py, train/evaluation.py, config.py, parallel/topology.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,9 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's INFO/WARNING lines would drown the progress output
 
-from locmoe_ms.config import ROUTER_GATES, load_config  # noqa: E402
+import yaml  # noqa: E402
+
+from locmoe_ms.config import ROUTER_GATES, SECTIONS, field_help, load_config  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, exits_on_bad_input  # noqa: E402
 from locmoe_ms.paths import input_file, output_dir  # noqa: E402
 
@@ -39,7 +42,7 @@ def train_main(argv: list[str] | None = None) -> int:
     output_dir(args.output_dir, "--output-dir")
     if args.init_from:
         input_file(args.init_from, "--init-from", "checkpoint")
-    from locmoe_ms.train.loop import train  # imports MindSpore: after the cheap checks
+    from locmoe_ms.job import train  # imports MindSpore: after the cheap checks
     train(cfg, Path(args.output_dir), resume=args.resume, init_from=Path(args.init_from) if args.init_from else None)
     return 0
 
@@ -54,13 +57,44 @@ def eval_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     input_file(args.checkpoint, "--checkpoint", "checkpoint")
-    from locmoe_ms.train.loop import evaluate_checkpoint
+    from locmoe_ms.train.evaluation import evaluate_checkpoint
     result = evaluate_checkpoint(cfg, Path(args.checkpoint))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"step {result['step']}: validation perplexity {result['valid_ppl']:.3f}, "
               f"test perplexity {result['test_ppl']:.3f}")
+    return 0
+
+
+@exits_on_bad_input
+def check_config_main(argv: list[str] | None = None) -> int:
+    """locmoe-check-config: validate a config (with overrides) and print it fully resolved as YAML."""
+    parser = ArgumentParser(prog="locmoe-check-config", description=check_config_main.__doc__)
+    parser.add_argument("config", nargs="?", help="YAML file, for example model_configs/tiny_cpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value (parsed as YAML); repeatable")
+    parser.add_argument("--explain", action="store_true", help="list every key with its allowed values, default "
+                        "and meaning, and exit")
+    parser.add_argument("--rank-table", metavar="FILE", help="also check that parallel_config describes this HCCL "
+                        "rank table's servers and devices (what every rank checks at start-up)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
+    args = parser.parse_args(argv)
+    if args.explain:
+        for section in SECTIONS:
+            for key, text in field_help(section).items():
+                print(f"{section}.{key}: {text}")
+        return 0
+    if args.config is None:
+        parser.error("the following arguments are required: config")
+    cfg = load_config(args.config, args.overrides)
+    from locmoe_ms.parallel.topology import Topology  # no MindSpore: checks only
+
+    topology = Topology.from_config(cfg)
+    if args.rank_table:
+        topology.check_rank_table(input_file(args.rank_table, "--rank-table", "rank table"))
+    if not args.quiet:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
 

@@ -16,7 +16,8 @@ from typing import Any, List
 
 import yaml
 
-from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input
+from locmoe_ms.capacity import group_capacity
+from locmoe_ms.errors import UserInputError
 from locmoe_ms.paths import input_file
 
 # Router name -> the gate it learns (None: a fixed, parameter-free assignment). The router registry in
@@ -99,7 +100,7 @@ class ParallelConfig:
     count_aware: bool = rule(False, help="send only filled slots (AlltoAllV); counts bytes of filled slots")
     mode: str = rule("explicit", choices=("explicit", "auto"),
                      help="explicit: a per-rank model with the exchange over the communicator; auto: one full-batch "
-                          "model sharded by MindSpore's auto-parallel from parallel/strategies.py (Ascend)")
+                          "model sharded by MindSpore's auto-parallel from autoparallel/table.py (Ascend)")
 
 
 @dataclass
@@ -367,8 +368,6 @@ def check_parallel_sizes(cfg: Config) -> None:
         if bad:
             raise ConfigError(f"{key} = {value}: {allowed}")
     if par.mode == "auto" and mp > 1:
-        from locmoe_ms.moe.capacity import group_capacity  # scipy: only where needed
-
         capacity = group_capacity(tr.batch_size * m.seq_length // dp, moe, ep)
         if capacity % mp:
             raise ConfigError(f"moe_config.capacity_factor = {moe.capacity_factor}: in auto mode the capacity per "
@@ -479,38 +478,3 @@ def field_help(section: str) -> dict[str, str]:
     return {f.name: f"{_describe_rule(dict(f.metadata), hints[f.name])} (default {defaults[f.name]!r}). "
                     f"{f.metadata.get('help', '')}".strip()
             for f in dataclasses.fields(cls)}
-
-
-@exits_on_bad_input
-def main(argv: list[str] | None = None) -> int:
-    """locmoe-check-config: validate a config (with overrides) and print it fully resolved as YAML."""
-    parser = ArgumentParser(prog="locmoe-check-config", description=main.__doc__)
-    parser.add_argument("config", nargs="?", help="YAML file, for example model_configs/tiny_cpu.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one value (parsed as YAML); repeatable")
-    parser.add_argument("--explain", action="store_true", help="list every key with its allowed values, default "
-                        "and meaning, and exit")
-    parser.add_argument("--rank-table", metavar="FILE", help="also check that parallel_config describes this HCCL "
-                        "rank table's servers and devices (what every rank checks at start-up)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
-    args = parser.parse_args(argv)
-    if args.explain:
-        for section in SECTIONS:
-            for key, text in field_help(section).items():
-                print(f"{section}.{key}: {text}")
-        return 0
-    if args.config is None:
-        parser.error("the following arguments are required: config")
-    cfg = load_config(args.config, args.overrides)
-    from locmoe_ms.parallel.topology import Topology  # no MindSpore: checks only
-
-    topology = Topology.from_config(cfg)
-    if args.rank_table:
-        topology.check_rank_table(input_file(args.rank_table, "--rank-table", "rank table"))
-    if not args.quiet:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

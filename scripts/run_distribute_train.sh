@@ -51,7 +51,7 @@ for ((i = 0; i < ${#extra[@]}; i++)); do
         --set=*) sets+=("${extra[i]}") ;;
     esac
 done
-"$PYTHON" -m locmoe_ms.config "$2" --quiet --rank-table "$1" "${sets[@]}" --set parallel_config.communicator=hccl \
+"$PYTHON" -m locmoe_ms check-config "$2" --quiet --rank-table "$1" "${sets[@]}" --set parallel_config.communicator=hccl \
     --set train.device_target=ascend || exit 2  # its problem: one line
 table=$(absolute "$1") config=$(absolute "$2") out_root=$(absolute "$out_root")
 

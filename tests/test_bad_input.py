@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TRAIN = [PY, "-c", "import sys; from locmoe_ms.cli import train_main; sys.exit(train_main(sys.argv[1:]))"]
 EVAL = [PY, "-c", "import sys; from locmoe_ms.cli import eval_main; sys.exit(eval_main(sys.argv[1:]))"]
-CHECK = [PY, "-m", "locmoe_ms.config"]
+CHECK = [PY, "-m", "locmoe_ms", "check-config"]
 MISSING_CONFIG = "données/配置.yaml"  # relative to WORK, which has no such directory
 MISSING_CKPT = "données/检查点.ckpt"
 MISSING_TABLE = "données/表.json"
@@ -47,7 +47,7 @@ CONFIG = {
 def _checkpoint(directory: Path, **model) -> Path:
     """A step-1 checkpoint of tests.conftest.small_config, saved as locmoe-train saves it."""
     from locmoe_ms.train import checkpoint
-    from locmoe_ms.train.loop import build_training
+    from locmoe_ms.job import build_training
     from tests.conftest import small_config
 
     cfg = small_config(model=model) if model else small_config()

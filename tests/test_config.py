@@ -8,6 +8,7 @@ import pytest
 from locmoe_ms.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECK = [sys.executable, "-m", "locmoe_ms", "check-config"]  # locmoe-check-config from this checkout
 BASE = ROOT / "model_configs" / "tiny_cpu.yaml"
 
 
@@ -85,12 +86,12 @@ def test_base_cycle_is_an_error(tmp_path):
 
 
 def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE), "--set", "moe_config.router=gshard"],
+    out = subprocess.run([*CHECK, str(BASE), "--set", "moe_config.router=gshard"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     assert "moe_config.router = 'gshard'" in out.stderr
-    good = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE)], capture_output=True, text=True,
+    good = subprocess.run([*CHECK, str(BASE)], capture_output=True, text=True,
                           timeout=120)
     assert good.returncode == 0 and "router: locmoe" in good.stdout
 
@@ -126,7 +127,7 @@ REJECTED_AT_LAUNCH = [
 @pytest.mark.parametrize("overrides,message", REJECTED_AT_LAUNCH, ids=[m[:40] for _, m in REJECTED_AT_LAUNCH])
 def test_check_config_rejects_what_a_launch_rejects(overrides, message):
     args = [a for o in overrides for a in ("--set", o)]
-    out = subprocess.run([sys.executable, "-m", "locmoe_ms.config", str(BASE), *args], capture_output=True,
+    out = subprocess.run([*CHECK, str(BASE), *args], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
@@ -139,7 +140,7 @@ def test_tokenizer_vocabularies_are_the_real_ones():
 
 
 def test_explain_lists_every_key_with_its_rule():
-    out = subprocess.run([sys.executable, "-m", "locmoe_ms.config", "--explain"], capture_output=True, text=True,
+    out = subprocess.run([*CHECK, "--explain"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

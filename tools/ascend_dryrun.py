@@ -7,9 +7,9 @@
 
 Builds stand-in CANN libraries once (tools/make_cann_stub.sh, cached under ~/.cache/locmoe-ms/cann_stub/<MindSpore
 version>), then re-runs itself in a child process with MS_SIMULATION_LEVEL=0 for one rank of a virtual cluster of
---devices ranks. The child builds what `locmoe-train` builds (train.loop.build_training: auto or explicit mode,
+--devices ranks. The child builds what `locmoe-train` builds (job.build_training: auto or explicit mode,
 communicator hccl) and compiles one train step in graph mode. Printed: compile time, parameter layouts (auto),
-the collectives of the `step_parallel_end` IR (op, group, ranks) and the checks of locmoe_ms/parallel/dryrun.py.
+the collectives of the `step_parallel_end` IR (op, group, ranks) and the checks of locmoe_ms/autoparallel/dryrun.py.
 Exit 0: compiled and checks pass; 1: compile failed or a check failed; 2: bad input. --json FILE saves the evidence.
 """
 from __future__ import annotations
@@ -71,7 +71,8 @@ def load(args):
             raise UserInputError(f"--devices {args.devices}: must be a positive multiple of "
                                  f"parallel_config.devices_per_node ({per_node})")
         cfg = load_config(path, overrides + [f"parallel_config.nodes={args.devices // per_node}"])
-    from locmoe_ms.parallel.strategies import ParallelSizes, validate
+    from locmoe_ms.autoparallel.checks import validate
+    from locmoe_ms.autoparallel.mesh import ParallelSizes
 
     validate(ParallelSizes.from_config(cfg), cfg.virtual_devices, cfg)
     if not 0 <= args.rank < cfg.virtual_devices:
@@ -155,12 +156,12 @@ def compile_step(args) -> dict:
 
     cfg = load(args)
     _dry_run_init()
-    from locmoe_ms.train import loop
+    from locmoe_ms.job import build_training
 
     ms.set_context(device_target="Ascend", mode=ms.GRAPH_MODE)
     ms.set_seed(cfg.train.seed)
     began = time.perf_counter()
-    training = loop.build_training(cfg)
+    training = build_training(cfg)
     strategy = str(Path(args.child).with_suffix(".strategy.ckpt"))
     if cfg.parallel_config.mode == "auto":
         ms.set_auto_parallel_context(strategy_ckpt_config={"save_file": strategy, "only_trainable_params": False})
@@ -213,8 +214,10 @@ def run_child(args, cfg, lib: Path) -> tuple[dict, Path | None]:
 
 def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
     """Collectives of the IR and the problems the checks find."""
-    from locmoe_ms.parallel import dryrun
-    from locmoe_ms.parallel.strategies import ParallelSizes, check_strategies, gathered_shapes, tensor_sizes
+    from locmoe_ms.autoparallel import dryrun
+    from locmoe_ms.autoparallel.checks import check_strategies, tensor_sizes
+    from locmoe_ms.autoparallel.mesh import ParallelSizes
+    from locmoe_ms.autoparallel.table import gathered_shapes
     from locmoe_ms.parallel.topology import Topology
 
     sizes, topo, rank = ParallelSizes.from_config(cfg), Topology.from_config(cfg), result["rank"]
@@ -238,12 +241,12 @@ def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
                                              c.kind == "redistribution" for c in collectives))]
         evidence["intended"] = check_strategies(sizes, dims).redistributions
         if unlisted:
-            problems.append(f"{len(unlisted)} redistributions parallel/strategies.py does not list (see above)")
+            problems.append(f"{len(unlisted)} redistributions autoparallel/table.py does not list (see above)")
     return evidence, problems
 
 
 def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:
-    from locmoe_ms.parallel import dryrun
+    from locmoe_ms.autoparallel import dryrun
 
     par = cfg.parallel_config
     print(f"{cfg.virtual_devices} devices (dp {par.data_parallel}, mp {par.model_parallel}, ep "
@@ -263,7 +266,7 @@ def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:
     for op, group, ranks, kind, count in dryrun.summarize(collectives):
         print(f"  {op:<16} {group:<32} {'-'.join(map(str, ranks)) or 'world'} {kind} x{count}")
     if evidence.get("intended"):
-        print("redistributions parallel/strategies.py intends: " +
+        print("redistributions autoparallel/table.py intends: " +
               "; ".join(f"{a} -> {b} ({c})" for a, b, c in evidence["intended"]))
     for op, group, shape, reason, n in evidence.get("gathered", []):
         print(f"small gathers it accepts: {op} over {group} of {tuple(shape)} x{n} ({reason})")

@@ -21,7 +21,7 @@ from mindspore import Tensor, nn  # noqa: E402
 
 from locmoe_ms.config import ROUTER_GATES, config_from_dict  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
-from locmoe_ms.model.layers import FeedForward  # noqa: E402
+from locmoe_ms.layers import FeedForward  # noqa: E402
 from locmoe_ms.moe.gates import DenseGate, GrAPGate  # noqa: E402
 from locmoe_ms.moe.layer import MoELayer  # noqa: E402
 from locmoe_ms.parallel.placement import Placement

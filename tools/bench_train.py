@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         output_file(args.json, "--json")
 
     from locmoe_ms.data.dataset import BatchStream
-    from locmoe_ms.train.loop import build_training, prepare_data, set_context
+    from locmoe_ms.data.dataset import prepare_data
+    from locmoe_ms.job import build_training
+    from locmoe_ms.train.device import set_context
 
     peak_before = numpy_peak_gflops()
     set_context(cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
-from locmoe_ms.moe.capacity import (assignment_probability, critical_capacity,  # noqa: E402
+from locmoe_ms.moe.capacity_bound import (assignment_probability, critical_capacity,  # noqa: E402
                                     log10_assignment_probability_large_d)
 
 CAVEATS = """caveats:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Step time of a config on an Ascend cluster: compute, expert exchange, other collectives, what overlaps.
 
-Compute comes from the FLOPs of every op (locmoe_ms/cluster/flops.py); the expert exchange's bytes from the
+Compute comes from the FLOPs of every op (locmoe_ms/planning/flops.py); the expert exchange's bytes from the
 functions the exchange's own byte counters call, per rank, split same device / intra-node / inter-node; times
 from the hardware file's bandwidths and latencies (model_configs/hardware/ascend910a.yaml, every value with its
 source). Routing comes from a locmoe-train trace (metrics.jsonl; config.json beside it) or is synthetic.
@@ -19,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from locmoe_ms.cluster import paper  # noqa: E402
-from locmoe_ms.cluster.flops import capacity_of  # noqa: E402
-from locmoe_ms.cluster.hardware import load_hardware  # noqa: E402
-from locmoe_ms.cluster.routing import read_trace, synthetic_routing, trace_routing  # noqa: E402
-from locmoe_ms.cluster.step_model import step_time  # noqa: E402
+from locmoe_ms.planning import paper  # noqa: E402
+from locmoe_ms.planning.flops import capacity_of  # noqa: E402
+from locmoe_ms.planning.hardware import load_hardware  # noqa: E402
+from locmoe_ms.planning.routing import read_trace, synthetic_routing, trace_routing  # noqa: E402
+from locmoe_ms.planning.step_model import step_time  # noqa: E402
 from locmoe_ms.config import load_config  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
 from locmoe_ms.paths import input_file, output_file  # noqa: E402
@@ -33,7 +33,7 @@ ASSUMPTIONS = """assumptions (README.md, "How fast on a cluster"):
   - compute: matmul FLOPs only, at peak x efficiency of the hardware file; experts over every capacity slot
   - All-to-All pairwise (kinds add up), the slowest rank sets each layer; the backward and a recompute repeat it
   - tensor-parallel and gradient All-Reduce as rings; gradients float32; gradient_overlap of the hardware file
-  - a trace from another cluster carries its expert shares and a locality logit bias over (cluster/routing.py)
+  - a trace from another cluster carries its expert shares and a locality logit bias over (planning/routing.py)
 """
 
 

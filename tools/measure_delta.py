@@ -23,7 +23,8 @@ os.environ.setdefault("GLOG_v", "3")
 
 from locmoe_ms.config import config_from_dict  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
-from locmoe_ms.moe.capacity import critical_capacity, group_capacity  # noqa: E402
+from locmoe_ms.capacity import group_capacity  # noqa: E402
+from locmoe_ms.moe.capacity_bound import critical_capacity  # noqa: E402
 from locmoe_ms.moe.gates import grap_weight  # noqa: E402
 from locmoe_ms.paths import input_dir, output_file  # noqa: E402
 
@@ -45,7 +46,8 @@ def capture(run_dir: Path, batches: int) -> tuple[dict, list[np.ndarray]]:
     from locmoe_ms.data.dataset import eval_batches
     from locmoe_ms.model.network import build_model
     from locmoe_ms.train import checkpoint
-    from locmoe_ms.train.loop import prepare_data, set_context
+    from locmoe_ms.data.dataset import prepare_data
+    from locmoe_ms.train.device import set_context
 
     config_file = run_dir / "config.json"
     if not config_file.exists():

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.data.corpus == "mindrecord":
         raise ConfigError("data.corpus = 'mindrecord': already packed; name the source corpus to preprocess")
     from locmoe_ms.data.mindrecord import write_splits
-    from locmoe_ms.train.loop import prepare_data
+    from locmoe_ms.data.dataset import prepare_data
     splits = prepare_data(cfg)
     write_splits(splits, Path(args.output))
     for name, split in splits.items():

@@ -1,45 +1,22 @@
-"""Packed fixed-length sequences per split, and a batch stream whose position can be saved and restored exactly."""
+"""The splits of a config's corpus as packed sequences (built, or read back from MindRecord), and a batch stream
+whose position can be saved and restored exactly."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
-from locmoe_ms.config import DataConfig
+from locmoe_ms.config import Config, DataConfig, check_vocabulary
 from locmoe_ms.data.corpus import documents, split_of
+from locmoe_ms.data.mindrecord import read_splits
+from locmoe_ms.data.packing import SPLITS, PackedSplit, pack
+from locmoe_ms.data.tokenizer import build_tokenizer
 from locmoe_ms.data.vocabulary import TrimmedVocabulary
 from locmoe_ms.errors import UserInputError
-
-SPLITS = ("train", "valid", "test")
-
-
-@dataclass
-class PackedSplit:
-    """tokens [N, seq_length + 1] int32 (inputs and shifted labels), domains [N] int32."""
-    tokens: np.ndarray
-    domains: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-
-def pack(token_lists: list[list[int]], domains: list[int], seq_length: int, eos_id: int) -> PackedSplit:
-    """Concatenate documents (each followed by eos) and cut rows of seq_length + 1 tokens with stride seq_length,
-    so every token is a label exactly once. A row's domain is that of the document its first token comes from."""
-    lengths = np.array([len(t) + 1 for t in token_lists], dtype=np.int64)
-    stream = np.fromiter((i for t in token_lists for i in (*t, eos_id)), dtype=np.int32, count=int(lengths.sum()))
-    doc_of_token = np.repeat(np.asarray(domains, dtype=np.int32), lengths)
-    rows = (len(stream) - 1) // seq_length
-    starts = np.arange(rows, dtype=np.int64) * seq_length
-    tokens = stream[starts[:, None] + np.arange(seq_length + 1)]
-    return PackedSplit(tokens, doc_of_token[starts] if rows else np.zeros(0, np.int32))
 
 
 def load_splits(data: DataConfig, seq_length: int, tokenizer) -> dict[str, PackedSplit]:
     """Documents -> deterministic train/valid/test split by title hash -> packed sequences (or read back the
     packed MindRecord files of tools/preprocess_data.py)."""
     if data.corpus == "mindrecord":
-        from locmoe_ms.data.mindrecord import read_splits
         return read_splits(data.paths[0], seq_length)
     grouped = {s: ([], []) for s in SPLITS}
     docs = documents(data.corpus, data.paths)
@@ -64,6 +41,13 @@ def load_splits(data: DataConfig, seq_length: int, tokenizer) -> dict[str, Packe
                                  f"add text or lower model.seq_length")
         out[name] = packed
     return out
+
+
+def prepare_data(cfg: Config) -> dict[str, PackedSplit]:
+    """The config's tokenizer and packed train/valid/test splits (training, evaluation and the tools)."""
+    check_vocabulary(cfg)
+    tokenizer = build_tokenizer(cfg.data.tokenizer)
+    return load_splits(cfg.data, cfg.model.seq_length, tokenizer)
 
 
 class BatchStream:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from locmoe_ms.data.packing import SPLITS, PackedSplit
 from locmoe_ms.errors import UserInputError
 from locmoe_ms.paths import input_dir
 
@@ -36,7 +37,6 @@ def write_splits(splits: dict, directory: Path) -> None:
 def read_splits(directory: str | Path, seq_length: int):
     """The packed splits written by write_splits; the row length must be seq_length + 1."""
     from mindspore.mindrecord import FileReader
-    from locmoe_ms.data.dataset import SPLITS, PackedSplit
 
     directory = input_dir(directory, "data.paths:", "MindRecord directory (tools/preprocess_data.py writes one)")
     out = {}

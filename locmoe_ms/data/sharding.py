@@ -6,7 +6,8 @@ import numpy as np
 
 from locmoe_ms.config import Config
 from locmoe_ms.data.corpus import DOMAIN_NAMES
-from locmoe_ms.data.dataset import BatchStream, PackedSplit
+from locmoe_ms.data.dataset import BatchStream
+from locmoe_ms.data.packing import PackedSplit
 from locmoe_ms.errors import UserInputError
 from locmoe_ms.parallel.topology import Topology
 

@@ -71,9 +71,9 @@ ROUTING_NOTE = ("Final validation perplexity (the default config's 8 validation 
 
 
 def _locality_rows(runs: list[Run]) -> list[list[str]]:
-    from locmoe_ms.cluster.flops import capacity_of
-    from locmoe_ms.cluster.routing import step_fills
-    from locmoe_ms.cluster.step_model import cluster_exchange_bytes
+    from locmoe_ms.planning.flops import capacity_of
+    from locmoe_ms.planning.routing import step_fills
+    from locmoe_ms.planning.step_model import cluster_exchange_bytes
 
     rows = []
     for arm, group in by_arm(runs).items():

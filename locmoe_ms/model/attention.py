@@ -7,7 +7,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.ops.auto_generate import MatMulExt
 
-from locmoe_ms.model.layers import DTYPES, Linear, matmul_in
+from locmoe_ms.layers import DTYPES, Linear, matmul_in
 
 
 class Attention(nn.Cell):
@@ -26,7 +26,7 @@ class Attention(nn.Cell):
         self.causal_bias = Tensor(causal)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         # the primitives ops.matmul / ops.softmax call, owned so that auto-parallel can pin them over (dp, heads:mp)
-        # (parallel/context.py PRIMITIVE_OPS); left to sharding propagation, they were split otherwise
+        # (autoparallel/apply.py PRIMITIVE_OPS); left to sharding propagation, they were split otherwise
         self.broadcast = ops.Add()  # [B, S, h] zeros + the query layer's [S, h]: a broadcast whose layout can be pinned
         self.scores_matmul = MatMulExt()
         self.softmax = ops.Softmax(axis=-1)

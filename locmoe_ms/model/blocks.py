@@ -5,7 +5,7 @@ from mindspore import Tensor, nn
 
 from locmoe_ms.config import Config
 from locmoe_ms.model.attention import Attention
-from locmoe_ms.model.layers import FeedForward
+from locmoe_ms.layers import FeedForward
 from locmoe_ms.moe.layer import MoELayer
 from locmoe_ms.parallel.placement import Placement
 

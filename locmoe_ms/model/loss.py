@@ -33,7 +33,7 @@ class CrossEntropy(nn.Cell):
 
 def own_primitives(cell: nn.Cell) -> None:
     """The primitives of CrossEntropy's forward (what `-` and ops.gather_elements call), owned so that auto-parallel
-    can pin them over the token axis (parallel/context.py PRIMITIVE_OPS); left to sharding propagation, every rank
+    can pin them over the token axis (autoparallel/apply.py PRIMITIVE_OPS); left to sharding propagation, every rank
     gathered the whole [tokens, vocabulary] logits."""
     cell.shift = ops.Sub()
     cell.pick = ops.GatherD()

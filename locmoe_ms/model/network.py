@@ -12,7 +12,7 @@ from mindspore.ops.auto_generate import MatMulExt
 
 from locmoe_ms.config import Config
 from locmoe_ms.model.blocks import DenseBlock, SparseBlock
-from locmoe_ms.model.layers import DTYPES, matmul_in
+from locmoe_ms.layers import DTYPES, matmul_in
 from locmoe_ms.model.loss import CrossEntropy
 from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology

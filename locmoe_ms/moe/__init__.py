@@ -1,1 +1,4 @@
-"""MoE routing: gates, routers, losses, capacity, dispatch/combine, experts and the MoE layer."""
+"""MoE routing: gates, routers, losses, dispatch/combine, experts, the MoE layer, and the critical capacity bound.
+
+May import: config, errors, capacity, layers, parallel (placement, exchange). Never model/ or anything above.
+"""

@@ -10,7 +10,7 @@ Two forms of dispatch and combine, equal bit for bit (values and gradients are m
   Gather back. Each rank of an explicit job holds one token group, so nothing needs sharding.
 - `per_group=True` (auto mode): per token group, batched over G ([G, tokens per group, ...]), every op with G as
   its leading axis, which is how MindSpore auto-parallel can split them over data-parallel ranks
-  (parallel/strategies.py, "dispatch" and "combine"); a global ScatterNd has no sharded implementation in
+  (autoparallel/table.py, "dispatch" and "combine"); a global ScatterNd has no sharded implementation in
   MindSpore 2.10. The one-hot is an Equal against the expert ids (shardable over G, a 2-D OneHot ran replicated)
   and each slot finds its token through a [G, E*C, t] comparison: on CPU that form made the MoE layer 1.3x slower,
   and under msrun its broadcast Equal desynchronised the ranks' collectives, so CPU runs keep the scatter form.
@@ -36,7 +36,7 @@ class Dispatcher(nn.Cell):
         self.expert_ids = Tensor(np.arange(experts, dtype=np.int32).reshape(1, 1, experts))
         self.capacity_bound = Tensor(np.array([[capacity]], np.int32))
         self.zero = Tensor(np.zeros((1, 1), np.int32))
-        # primitives owned so that auto-parallel can pin them over G (context.PRIMITIVE_OPS, strategies.OPS)
+        # primitives owned so that auto-parallel can pin them over G (autoparallel: apply.PRIMITIVE_OPS, table.OPS)
         self.match = ops.Equal()
         self.pad_tokens = ops.Concat(axis=1)
         self.pad_slots = ops.Concat(axis=1)

@@ -5,12 +5,12 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from locmoe_ms.model.layers import DTYPES, matmul_in
+from locmoe_ms.layers import DTYPES, matmul_in
 
 
 class ExpertActivation(nn.Cell):
     """layers.activation(name) computed from primitives the cell owns, so that auto-parallel can pin each one
-    (parallel/context.py PRIMITIVE_OPS) to the experts' layout E:ep GC:edp f:mp: when dp/ep > 1 only a Layout
+    (autoparallel/apply.py PRIMITIVE_OPS) to the experts' layout E:ep GC:edp f:mp: when dp/ep > 1 only a Layout
     keeps that device order, and sharding propagation, left to derive the activation's ops, split them otherwise
     and gathered the whole [E, G*C, f] activation. The same primitives in the same order as ops.gelu (exact:
     x * (1 + erf(x / sqrt 2)) * 0.5; tanh: GeLU), nn.FastGelu and nn.ReLU, so the values are bit-identical."""
@@ -41,7 +41,7 @@ class Experts(nn.Cell):
         self.b_out = Parameter(Tensor(np.zeros((experts, 1, hidden), np.float32)), name="b_out")
         self.act = ExpertActivation(act)
         self.dtype = DTYPES[compute_dtype]
-        # ops.bmm's primitive, owned so that auto-parallel can pin both matmuls (parallel/context.py PRIMITIVE_OPS)
+        # ops.bmm's primitive, owned so that auto-parallel can pin both matmuls (autoparallel/apply.py PRIMITIVE_OPS)
         self.bmm_in = ops.BatchMatMul()
         self.bmm_out = ops.BatchMatMul()
         self.add_in = ops.Add()  # `+ b_in`'s primitive, owned likewise (pinned with the matmuls' Layout)

@@ -39,7 +39,7 @@ class GrAPGate(nn.Cell):
         self.hidden = hidden
         self.weight = Tensor(grap_weight(experts, hidden))
         self.bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="bias")
-        self.matmul = MatMulExt()  # ops.matmul's, owned: auto-parallel pins it over dp (parallel/context.py)
+        self.matmul = MatMulExt()  # ops.matmul's, owned: auto-parallel pins it over dp (autoparallel/apply.py)
 
     def construct(self, x: Tensor):
         pre = self.matmul(x, self.weight.T) + self.bias
@@ -54,7 +54,7 @@ class DenseGate(nn.Cell):
     def __init__(self, hidden: int, experts: int, init_std: float = 0.02):
         super().__init__()
         self.weight = Parameter(initializer(Normal(init_std), (hidden, experts)), name="weight")
-        self.matmul = MatMulExt()  # ops.matmul's, owned: auto-parallel pins it over dp (parallel/context.py)
+        self.matmul = MatMulExt()  # ops.matmul's, owned: auto-parallel pins it over dp (autoparallel/apply.py)
 
     def construct(self, x: Tensor):
         logits = self.matmul(x, self.weight)

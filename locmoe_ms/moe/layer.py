@@ -5,7 +5,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from locmoe_ms.config import Config
-from locmoe_ms.moe.capacity import group_capacity
+from locmoe_ms.capacity import group_capacity
 from locmoe_ms.moe.dispatch import Dispatcher
 from locmoe_ms.moe.experts import Experts
 from locmoe_ms.moe.routers import build_router
@@ -14,7 +14,7 @@ from locmoe_ms.parallel.placement import Placement
 
 
 class GroupwiseLayouts(nn.Cell):
-    """Auto-parallel only: identity slices whose shard strategies (parallel/strategies.py, exchange.*) pin the
+    """Auto-parallel only: identity slices whose shard strategies (autoparallel/table.py, exchange.*) pin the
     group-wise exchange's intermediate layouts, so MindSpore sends 1/mp of the slots over the expert-parallel group
     and gathers them inside the tensor-parallel group rather than sending the full payload. They see the buffer
     token-group-major, [G, E, C, h], so numeric strategies order the devices (edp, ep, mp) as Topology does.
@@ -26,7 +26,7 @@ class GroupwiseLayouts(nn.Cell):
         self.send_slice, self.send_all_to_all, self.send_all_gather = (ops.StridedSlice() for _ in range(3))
         self.return_slice, self.return_all_to_all, self.return_all_gather = (ops.StridedSlice() for _ in range(3))
         # the transposes between the expert-major and the token-group-major view, owned so that they are pinned
-        # too: the one leaving the experts sees E:ep before G:edp, an order only a Layout keeps (context.py)
+        # too: the one leaving the experts sees E:ep before G:edp, an order only a Layout keeps (autoparallel/apply.py)
         self.to_groups, self.to_experts, self.from_experts, self.back = (ops.Transpose() for _ in range(4))
 
     def _through(self, x, enter, first, second, third, leave):

@@ -55,7 +55,7 @@ class LearnedRouter(nn.Cell):
         self.jitter = health.jitter
         if self.jitter > 0:
             self.uniform = ops.UniformReal()
-        self.softmax = ops.Softmax(axis=-1)  # owned: auto-parallel pins it (parallel/context.py PRIMITIVE_OPS)
+        self.softmax = ops.Softmax(axis=-1)  # owned: auto-parallel pins it (autoparallel/apply.py PRIMITIVE_OPS)
         self.balance_rate = health.bias_balance_rate
         if self.balance_rate > 0:  # a parameter so checkpoints keep it, updated by the rule below, not by gradient
             self.balance_bias = Parameter(Tensor(np.zeros(experts, np.float32)), name="balance_bias",

@@ -1,6 +1,6 @@
 """How each parameter is split across expert-parallel and tensor-parallel ranks.
 
-One source of truth for the shard strategies (parallel/strategies.py) and the checkpoint tools
+One source of truth for the shard strategies (autoparallel/table.py) and the checkpoint tools
 (tools/convert_ckpt.py). Expert parameters are split along the expert axis over the expert-parallel group.
 Tensor parallelism follows Megatron/PanGu-alpha: column-parallel first projections (query, key, value, FFN w_in,
 expert w_in) split their output axis and their bias, row-parallel second projections (attention out, FFN w_out,

@@ -1,100 +1,25 @@
-"""The training job: data -> model -> train steps, with metrics, validation, checkpoints and exact resume."""
+"""The training loop: batches -> train steps, with metrics, validation, checkpoints and exact resume. What it trains
+(either parallel mode) comes built as a `Training` (train/build.py, autoparallel/build.py; job.py picks)."""
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import mindspore as ms
-from mindspore import Tensor, nn
 
-from locmoe_ms.config import Config, ConfigError, check_vocabulary
-from locmoe_ms.data.dataset import BatchStream, eval_batches, load_splits
+from locmoe_ms.config import Config
+from locmoe_ms.data.dataset import BatchStream, prepare_data
 from locmoe_ms.data.sharding import DomainBatchStream, domain_name, domain_rows, row_domains
-from locmoe_ms.data.tokenizer import build_tokenizer
 from locmoe_ms.errors import UserInputError
-from locmoe_ms.model.network import build_model
-from locmoe_ms.parallel.communicator import build_communicator
-from locmoe_ms.parallel.layout import expert_shard
-from locmoe_ms.parallel.placement import Placement
-from locmoe_ms.parallel.topology import Topology
 from locmoe_ms.parallel.exchange import TRAFFIC_KINDS
 from locmoe_ms.train import checkpoint
-from locmoe_ms.train.optim import build_optimizer, learning_rates
-from locmoe_ms.train.step import TrainStep
+from locmoe_ms.train.build import Training
+from locmoe_ms.train.evaluation import evaluate, unigram_perplexity
+from locmoe_ms.train.optim import learning_rates
 from locmoe_ms.train.telemetry import MetricsLog, Progress, machine
-
-
-def resolve_device(choice: str) -> str:
-    """train.device_target -> MindSpore's device name: auto is Ascend when MindSpore's Ascend plugin loaded."""
-    from mindspore._c_expression import MSContext
-
-    ascend = MSContext.get_instance().is_pkg_support_device("Ascend")
-    if choice == "ascend" and not ascend:
-        reason = MSContext.get_instance().load_plugin_error().strip().splitlines()
-        raise ConfigError(f"train.device_target = 'ascend': MindSpore cannot use Ascend on this machine"
-                          f"{' (' + reason[0][:120] + ')' if reason else ''}; use cpu or auto")
-    return "Ascend" if choice == "ascend" or (choice == "auto" and ascend) else "CPU"
-
-
-def device_id() -> int:
-    """The NPU of this rank: DEVICE_ID from the launcher's environment (0 when unset)."""
-    text = os.environ.get("DEVICE_ID", "0")
-    if not text.isdigit() or int(text) > 4095:
-        raise UserInputError(f"DEVICE_ID = {text!r}: must be an integer 0..4095 (the launchers export it)")
-    return int(text)
-
-
-def set_context(cfg: Config) -> str:
-    """Device, execution mode and seed for this process; returns the device ("Ascend" or "CPU")."""
-    target = resolve_device(cfg.train.device_target)
-    if target == "CPU" and cfg.model.compute_dtype != "float32":
-        raise ConfigError(f"model.compute_dtype = {cfg.model.compute_dtype!r}: float16/bfloat16 matmuls need Ascend "
-                          f"and this run is on CPU (train.device_target = {cfg.train.device_target!r}); pass "
-                          f"--set model.compute_dtype=float32")
-    if target == "Ascend":
-        ms.set_device("Ascend", device_id())
-    else:
-        ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE if cfg.train.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_seed(cfg.train.seed)
-    return target
-
-
-def prepare_data(cfg: Config):
-    check_vocabulary(cfg)
-    tokenizer = build_tokenizer(cfg.data.tokenizer)
-    return load_splits(cfg.data, cfg.model.seq_length, tokenizer)
-
-
-def evaluate(loss_net, split, cfg: Config, rows: slice = slice(None), layout: np.ndarray | None = None) -> float:
-    """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses), in eval mode
-    (dropout off); the network's train/eval mode is restored afterwards. `layout`: domain-sharded batches
-    (data/sharding.py), as in training.
-
-    Under msrun each rank passes its `rows` of every batch; the loss network averages over ranks."""
-    was_training = loss_net.training
-    loss_net.set_train(False)
-    try:
-        losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for t, d in
-                  eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches, layout)]
-    finally:
-        loss_net.set_train(was_training)
-    if not losses:
-        raise UserInputError(f"train.batch_size = {cfg.train.batch_size}: the evaluation split has fewer sequences")
-    return float(math.exp(np.mean(losses)))
-
-
-def unigram_perplexity(train, valid, vocab: int) -> float:
-    """Perplexity of the valid labels under the train labels' unigram distribution (add-one smoothing)."""
-    counts = np.bincount(train.tokens[:, 1:].ravel(), minlength=vocab).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    return float(np.exp(-logp[valid.tokens[:, 1:].ravel()].mean()))
 
 
 def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
@@ -110,92 +35,10 @@ def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
     }
 
 
-def build_placement(cfg: Config) -> Placement:
-    """One process emulating the config's cluster, or (communicator cpu/hccl) this rank of a real job.
-
-    Collectives are initialised first: msrun also runs this script in its scheduler process, which must stop in
-    init() before it touches data or files."""
-    topology = Topology.from_config(cfg)
-    if cfg.parallel_config.communicator == "hccl" and os.environ.get("RANK_TABLE_FILE"):
-        topology.check_rank_table(os.environ["RANK_TABLE_FILE"])
-    comm = build_communicator(cfg.parallel_config.communicator, cfg.virtual_devices)
-    return Placement(topology, comm)
-
-
-def build_rank_model(cfg: Config, placement: Placement, init_from: Path | None = None):
-    """The loss network of this process, from fresh weights or (init_from) the model weights of a checkpoint such
-    as an upcycled one. A rank starts from its share of the one-process model's weights, so a distributed run
-    starts exactly where the one-process run starts."""
-    full = build_model(cfg)  # first, in every process: the same random draws
-    if init_from is not None:  # any config: every model parameter by name and shape; optimizer state ignored
-        params, _ = checkpoint.load(init_from)
-        checkpoint.restore(full, params, init_from, model_only=True)
-    if not placement.distributed:
-        return full
-    block, blocks = placement.topology.expert_block(placement.rank), placement.topology.expert_parallel
-    shares = {}
-    for param in full.get_parameters():  # the draws in the same order; one whole tensor in memory at a time
-        value = param.asnumpy()
-        shares[param.name] = expert_shard(param.name, value, block, blocks).copy()  # a view would keep it whole
-        param.set_data(Tensor(np.zeros((1,) * value.ndim, value.dtype)), slice_shape=True)  # frees the whole one
-        del value
-    del full
-    loss_net = build_model(cfg, placement=placement)
-    for param in loss_net.get_parameters():  # frozen ones too: bias balancing's balance_bias of init_from
-        param.set_data(Tensor(shares.pop(param.name)))
-    return loss_net
-
-
-@dataclass
-class Training:
-    """What this process trains: the loss network, the train step around it, its rows of every global batch and
-    its rank (None in a one-process run). Built the same way by locmoe-train and by the Ascend dry-run compile."""
-    loss_net: nn.Cell
-    step: TrainStep
-    rows: slice
-    rank: int | None
-    world: int
-    label: str
-    shard_meta: dict             # checkpoint metadata naming the shard this process holds
-    inject_overflow: frozenset = frozenset()
-
-    def inputs(self, tokens: np.ndarray, domains: np.ndarray, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The train step's inputs for global batch (tokens, domains) at `step` (counted from 1)."""
-        inject = math.inf if step in self.inject_overflow else 0.0
-        return Tensor(tokens[self.rows]), Tensor(domains[self.rows]), Tensor(inject, ms.float32)
-
-
-def build_training(cfg: Config, init_from: Path | None = None) -> Training:
-    """Collectives, model and train step for cfg.parallel_config.mode: `explicit` (a per-rank model, the exchange
-    over the communicator; one process emulates the cluster with `local`) or `auto` (one full-batch model sharded
-    by MindSpore's auto-parallel from parallel/strategies.py, Ascend only)."""
-    if cfg.parallel_config.mode == "auto":
-        from mindspore.communication import get_group_size, get_rank
-        from locmoe_ms.parallel.auto import build_auto_model
-        from locmoe_ms.parallel.communicator import WorldAllReduce
-
-        loss_net, rows = build_auto_model(cfg, init_from)
-        rank, world = get_rank(), get_group_size()
-        optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
-        step = TrainStep(loss_net, optimizer, cfg.train, world_sum=WorldAllReduce() if world > 1 else None)
-        step.set_train(True)
-        return Training(loss_net, step, rows, rank, world, f"rank {rank} of {world} (auto-parallel)",
-                        {"rank": rank, "world_size": world}, frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset())
-    placement = build_placement(cfg)
-    loss_net = build_rank_model(cfg, placement, init_from)
-    step = TrainStep(loss_net, build_optimizer(loss_net.trainable_params(), cfg.train), cfg.train, placement)
-    step.set_train(True)  # dropout on; evaluate() switches it off for its batches
-    rank, topo = (placement.rank if placement.distributed else None), placement.topology
-    shard = {} if rank is None else {"rank": rank, "world_size": topo.world, "expert_parallel_rank":
-                                     topo.expert_block(rank), "model_parallel_rank": rank % topo.model_parallel}
-    return Training(loss_net, step, placement.batch_rows(cfg.train.batch_size), rank, placement.comm.world,
-                    placement.label, shard, frozenset(cfg.train.inject_overflow_steps) if not rank else frozenset())
-
-
-def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path | None = None) -> dict:
-    """Run training to cfg.train.max_steps; returns the final summary (also printed and logged)."""
-    device = set_context(cfg)
-    training = build_training(cfg, init_from)
+def run(cfg: Config, training: Training, device: str, output_dir: Path, resume: bool = False,
+        init_from: Path | None = None) -> dict:
+    """Train `training` (built for cfg on `device`) to cfg.train.max_steps; returns the final summary (also printed
+    and logged). `init_from` only names the checkpoint the model started from, for the error messages."""
     print(f"{training.label} on {device}", flush=True)
     output_dir = Path(output_dir)
     if training.rank is not None:
@@ -278,21 +121,3 @@ def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path |
           f"perplexity of the same split {unigram:.2f}", flush=True)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def evaluate_checkpoint(cfg: Config, path: Path) -> dict:
-    """Validation and test perplexity of a saved checkpoint."""
-    set_context(cfg)
-    params, meta = checkpoint.load(path)
-    checkpoint.check_same_model(path, meta, cfg)
-    splits = prepare_data(cfg)
-    loss_net = build_model(cfg)
-    checkpoint.restore(loss_net, params, path, model_only=True)
-    result = {"checkpoint": str(path), "step": int(meta["step"]),
-              "valid_ppl": evaluate(loss_net, splits["valid"], cfg, layout=row_domains(cfg)),
-              "test_ppl": evaluate(loss_net, splits["test"], cfg, layout=row_domains(cfg))}
-    if "valid_ppl" in meta:
-        result["valid_ppl_at_save"] = float(meta["valid_ppl"])
-    return result
-
-
