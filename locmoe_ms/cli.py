@@ -79,6 +79,12 @@ def check_config_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank-table", metavar="FILE", help="also check that parallel_config describes this HCCL "
                         "rank table's servers and devices (what every rank checks at start-up)")
     parser.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
+    parser.add_argument("--memory", action="store_true", help="print the per-device memory plan and refuse a config "
+                        "that does not fit the hardware's usable HBM (always checked when train.device_target is "
+                        "ascend)")
+    parser.add_argument("--hardware", metavar="FILE", help="hardware file of the memory plan (default "
+                        "model_configs/hardware/ascend910a.yaml)")
+    parser.add_argument("--rank", type=int, help="the rank whose plan to print (every rank holds the same bytes)")
     args = parser.parse_args(argv)
     if args.explain:
         for section in SECTIONS:
@@ -93,9 +99,28 @@ def check_config_main(argv: list[str] | None = None) -> int:
     topology = Topology.from_config(cfg)
     if args.rank_table:
         topology.check_rank_table(input_file(args.rank_table, "--rank-table", "rank table"))
-    if not args.quiet:
+    if args.rank is not None and not 0 <= args.rank < cfg.virtual_devices:
+        parser.error(f"--rank {args.rank}: must be in 0..{cfg.virtual_devices - 1} (nodes * devices_per_node)")
+    if not args.quiet and not args.memory:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    if args.memory or cfg.train.device_target == "ascend":
+        check_memory(cfg, args.config, args.hardware, args.rank, show=args.memory)
     return 0
+
+
+def check_memory(cfg, path: str, hardware: str | None, rank: int | None, show: bool) -> None:
+    """The memory plan (planning/memory.py): printed with `show`; a config that does not fit is a ConfigError."""
+    from locmoe_ms.config import ConfigError
+    from locmoe_ms.planning.hardware import load_hardware
+    from locmoe_ms.planning.memory import fits_or_error, memory_plan, render
+
+    hw = load_hardware(hardware)
+    plan = memory_plan(cfg, hw, Path(path).name)
+    if show:
+        print(render(plan, cfg, rank), flush=True)
+    refusal = fits_or_error(plan, path, Path(hw.path).stem)
+    if refusal:
+        raise ConfigError(refusal)
 
 
 if __name__ == "__main__":  # msrun starts a script path: `msrun ... locmoe_ms/cli.py --config ...` trains

@@ -101,6 +101,9 @@ class ParallelConfig:
     mode: str = rule("explicit", choices=("explicit", "auto"),
                      help="explicit: a per-rank model with the exchange over the communicator; auto: one full-batch "
                           "model sharded by MindSpore's auto-parallel from autoparallel/table.py (Ascend)")
+    optimizer_shard: bool = rule(False, help="auto mode: MindSpore's parallel optimizer, each weight and its AdamW "
+                                 "moments stored split over the devices holding the same slice (dense: data "
+                                 "parallel; experts: their dp/ep copies), gathered before use")
 
 
 @dataclass
@@ -367,6 +370,9 @@ def check_parallel_sizes(cfg: Config) -> None:
     for bad, key, value, allowed in rules:
         if bad:
             raise ConfigError(f"{key} = {value}: {allowed}")
+    if par.optimizer_shard and par.mode != "auto":
+        raise ConfigError(f"parallel_config.optimizer_shard = true: needs parallel_config.mode auto (MindSpore's "
+                          f"parallel optimizer); mode {par.mode!r} keeps whole replicas")
     if par.mode == "auto" and mp > 1:
         capacity = group_capacity(tr.batch_size * m.seq_length // dp, moe, ep)
         if capacity % mp:

@@ -108,6 +108,8 @@ def test_exponent_without_decimal_point_is_a_number():
 # Configs that a launch used to reject only after start-up (Topology, the shard strategies, the exchange, the data
 # pipeline); locmoe-check-config must reject each first, with the key, its value and the rule.
 REJECTED_AT_LAUNCH = [
+    (["parallel_config.optimizer_shard=true"],
+     "parallel_config.optimizer_shard = true: needs parallel_config.mode auto (MindSpore's parallel optimizer)"),
     (["parallel_config.devices_per_node=3", "parallel_config.data_parallel=3", "parallel_config.expert_parallel=1",
       "parallel_config.model_parallel=2", "train.batch_size=6", "model.seq_length=128"],
      "parallel_config.model_parallel = 2: must divide devices_per_node (3)"),

@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--devices", type=int, help="ranks of the virtual cluster (default: the config's "
                                                     "nodes * devices_per_node; sets nodes)")
     parser.add_argument("--rank", type=int, default=0, help="the rank to compile (default 0)")
-    parser.add_argument("--mode", choices=("auto", "explicit"), help="parallel_config.mode (default: the config's)")
+    parser.add_argument("--mode", choices=("auto", "explicit"), help="parallel_config.mode (default: the config's); "
+                        "explicit also sets parallel_config.optimizer_shard=false")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--ir-dir", help="where MindSpore saves the IR (default: a temporary directory)")
     parser.add_argument("--json", help="write compile time, layouts, collectives and check results here")
@@ -64,6 +65,8 @@ def load(args):
     overrides = list(args.set) + ["parallel_config.communicator=hccl"]
     if args.mode:
         overrides.append(f"parallel_config.mode={args.mode}")
+    if args.mode == "explicit":  # explicit mode keeps whole replicas: no parallel optimizer
+        overrides.append("parallel_config.optimizer_shard=false")
     cfg = load_config(path, overrides)
     if args.devices is not None:
         per_node = cfg.parallel_config.devices_per_node
@@ -170,6 +173,7 @@ def compile_step(args) -> dict:
     inputs = [Tensor(np.zeros((batch, cfg.model.seq_length + 1), np.int32)), Tensor(np.zeros((batch,), np.int32))]
     net = training.loss_net
     shapes = {p.name: list(p.shape) for p in net.trainable_params()}
+    full_shapes = {p.name: list(p.shape) for p in net.get_parameters()}  # before the compile slices them
     if args.step == "train":
         net = training.step
         inputs.append(Tensor(0.0, ms.float32))  # TrainStep's injected overflow: none
@@ -177,14 +181,19 @@ def compile_step(args) -> dict:
     began = time.perf_counter()
     _cell_graph_executor.compile(net, *inputs, phase="train" if args.step == "train" else "eval")
     out = {"build_s": build_s, "compile_s": time.perf_counter() - began, "rank": args.rank,
-           "devices": cfg.virtual_devices, "mode": cfg.parallel_config.mode, "rows": list(rows.indices(cfg.train.batch_size)[:2]),
-           "shapes": shapes,
+           "devices": cfg.virtual_devices, "mode": cfg.parallel_config.mode, "step": args.step, "rows": list(rows.indices(cfg.train.batch_size)[:2]),
+           "shapes": shapes, "full_shapes": full_shapes,
            "layouts": {k: [list(v[0]), [list(m) if isinstance(m, (list, tuple)) else m for m in v[1]], list(v[2])]
-                       for k, v in net.parameter_layout_dict.items()}}
+                       for k, v in net.parameter_layout_dict.items()},
+           # the parallel optimizer's shard group of each entry it splits (layout[5]; '' elsewhere)
+           "opt_shard_groups": {k: v[5] for k, v in net.parameter_layout_dict.items() if len(v) > 5 and v[5]},
+           "stored_shapes": {p.name: list(p.shape) for p in net.get_parameters()}}
     if Path(strategy).is_file():
         from mindspore.parallel import build_searched_strategy
 
-        out["strategy_ckpt"] = {k: {"dev_matrix": list(v.dev_matrix[0].dim), "tensor_map": list(v.tensor_map[0].dim)}
+        out["strategy_ckpt"] = {k: {"dev_matrix": list(v.dev_matrix[0].dim), "tensor_map": list(v.tensor_map[0].dim),
+                                    "opt_weight_shard_step": v.opt_weight_shard_step,
+                                    "opt_weight_shard_size": v.opt_weight_shard_size}
                                 for k, v in build_searched_strategy(strategy).items()}
     return out
 
@@ -242,7 +251,38 @@ def checks(cfg, result: dict, ir_dir: Path) -> tuple[dict, list[str]]:
         evidence["intended"] = check_strategies(sizes, dims).redistributions
         if unlisted:
             problems.append(f"{len(unlisted)} redistributions autoparallel/table.py does not list (see above)")
+        problems += _optimizer_checks(cfg, result, ir_dir, collectives, evidence)
     return evidence, problems
+
+
+def _optimizer_checks(cfg, result: dict, ir_dir: Path, collectives: list, evidence: dict) -> list[str]:
+    """Auto mode: every parameter and moment stored as autoparallel/slices.py plans it, and (optimizer_shard) the
+    parallel optimizer's AllGather and ReduceScatter exactly where it plans them."""
+    from locmoe_ms.autoparallel import dryrun
+    from locmoe_ms.autoparallel.mesh import ParallelSizes
+    from locmoe_ms.autoparallel.slices import optimizer_group_ranks, parameter_slice
+
+    sizes, rank = ParallelSizes.from_config(cfg), result["rank"]
+    shard = cfg.parallel_config.optimizer_shard
+    slices = {n: parameter_slice(n, tuple(s), sizes, shard) for n, s in result["full_shapes"].items()}
+    planned = {n: s.stored for n, s in slices.items()}
+    if result.get("step") == "train":  # the train step's graph holds the optimizer's moments
+        planned.update({f"{m}.{n}": slices[n].stored for n in result["shapes"] for m in ("adam_m", "adam_v")})
+    stored = {n: s for n, s in result["stored_shapes"].items() if dryrun.model_parameter(n) in slices}
+    problems = dryrun.stored_shape_problems(stored, planned)
+    if result.get("step") != "train":
+        return problems
+    groups = {n: optimizer_group_ranks(s, sizes, rank) for n, s in slices.items() if s.opt_group > 1}
+    problems += dryrun.strategy_record_problems(result.get("strategy_ckpt", {}), groups, planned)
+    backward_ir = dryrun.find_ir(ir_dir, stages=("validate",), newer_than=result["started"] - 1.0)
+    backward = dryrun.parse_collectives(backward_ir.read_text(), cfg.virtual_devices) if backward_ir else []
+    inserted = [c for c in collectives if c.op == "AllGather"] + [c for c in backward if c.op == "ReduceScatter"]
+    counts: dict = {}
+    for c in inserted:
+        if c.kind == "optimizer":
+            counts[(c.op, c.ranks)] = counts.get((c.op, c.ranks), 0) + 1
+    evidence["optimizer_counts"] = [[op, list(ranks), n] for (op, ranks), n in sorted(counts.items())]
+    return problems + dryrun.optimizer_problems(collectives, backward, groups, result["shapes"])
 
 
 def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:
@@ -270,6 +310,10 @@ def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:
               "; ".join(f"{a} -> {b} ({c})" for a, b, c in evidence["intended"]))
     for op, group, shape, reason, n in evidence.get("gathered", []):
         print(f"small gathers it accepts: {op} over {group} of {tuple(shape)} x{n} ({reason})")
+    if evidence.get("optimizer_counts"):
+        print("the parallel optimizer's collectives, each where autoparallel/slices.py plans it (op, ranks, count):")
+        for op, ranks, n in evidence["optimizer_counts"]:
+            print(f"  {op:<14} {'-'.join(map(str, ranks))} x{n}")
     if evidence.get("unlisted"):
         print("redistributions it does not list (op, ranks, scope, count):")
         rows: dict = {}

@@ -11,6 +11,7 @@ from typing import Any
 
 from locmoe_ms.autoparallel.checks import validate
 from locmoe_ms.autoparallel.mesh import ParallelSizes
+from locmoe_ms.autoparallel.slices import PARALLEL_OPTIMIZER_THRESHOLD_KB
 from locmoe_ms.errors import UserInputError
 
 
@@ -21,7 +22,8 @@ def set_parallel_context(cfg, parallel_mode: str = "auto_parallel", strategy_fil
     needs a strategy on every op, which only cells owning their primitives can give. The graph takes the global
     batch on every rank (full_batch): the model's token groups, capacity and offsets are built for the global
     batch, which a per-rank dataset strategy would rescale. `strategy_file`: where MindSpore saves the strategy
-    checkpoint (every parameter's layout) at compile time."""
+    checkpoint (every parameter's layout) at compile time. parallel_config.optimizer_shard turns on MindSpore's
+    parallel optimizer (autoparallel/slices.py says what it splits)."""
     par = cfg.parallel_config
     if par.communicator != "hccl":
         raise UserInputError(f"parallel_config.communicator = {par.communicator!r}: auto-parallel needs 'hccl' "
@@ -42,6 +44,9 @@ def set_parallel_context(cfg, parallel_mode: str = "auto_parallel", strategy_fil
     extra = {"search_mode": "sharding_propagation"} if parallel_mode == "auto_parallel" else {}
     ms.set_auto_parallel_context(parallel_mode=parallel_mode, device_num=world, gradients_mean=True,
                                  enable_alltoall=True, full_batch=True, **extra)
+    if par.optimizer_shard:  # the rule of autoparallel/slices.py, with its threshold set rather than defaulted
+        ms.set_auto_parallel_context(enable_parallel_optimizer=True, parallel_optimizer_config={
+            "parallel_optimizer_threshold": PARALLEL_OPTIMIZER_THRESHOLD_KB})
     if strategy_file:
         ms.set_auto_parallel_context(strategy_ckpt_config={"save_file": strategy_file, "only_trainable_params": False})
     return sizes

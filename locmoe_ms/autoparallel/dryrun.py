@@ -26,6 +26,7 @@ COLLECTIVES = ("AllGather", "AlltoAll", "AlltoAllV", "AllReduce", "ReduceScatter
 _NODE = re.compile(r"=\s*(" + "|".join(COLLECTIVES) + r")\((.*)$")
 _ATTR = re.compile(r'(\w+): ("[^"]*"|I64\(-?\d+\)|Bool\(\d\))')
 _SCOPE = re.compile(r"# (?:Fullname with scope|Scope): \((.*)\)")
+_RANK_IDS = re.compile(r"group_rank_ids: \(([\d, ]*)\)")
 _SHAPE = re.compile(r":\s*\(<[^>]*?,\s*\(([\d, ]*)\)")
 OPTIMIZER_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "accu_grads.")
 
@@ -37,8 +38,10 @@ class Collective:
     group: str                 # MindSpore's group name (created groups keep theirs, e.g. locmoe_1_3_5_7)
     ranks: tuple[int, ...]     # world ranks of the group; () for the world group
     scope: str                 # cell scope, e.g. Default/loss_net-.../1-SparseBlock/moe-MoELayer/...
-    kind: str                  # redistribution (inserted by MindSpore), forward_op (row-parallel sum), mirror, model
+    kind: str                  # redistribution (inserted by MindSpore), forward_op (row-parallel sum), mirror,
+                               # optimizer (the parallel optimizer's weight AllGather / gradient ReduceScatter), model
     shape: tuple[int, ...] = ()
+    parameter: str = ""        # the parameter a mirror or optimizer collective serves (mirror_user_id)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,8 +83,11 @@ def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective
         attrs = {k: v.strip('"') for k, v in _ATTR.findall(line)}
         instance = re.search(r"instance name: ([^}]*)}", line)
         name = instance.group(1) if instance else ""
-        kind = ("mirror" if match.group(1) == "_MirrorOperator" else "redistribution" if "redistribution" in name
-                else "forward_op" if name.startswith("forward_op") else "model")
+        optimizer = name.startswith("parallel_optimizer") or (match.group(1) == "ReduceScatter" and
+                                                              "mirror_user_id" in attrs)
+        kind = ("mirror" if match.group(1) == "_MirrorOperator" else "optimizer" if optimizer else
+                "redistribution" if "redistribution" in name else "forward_op" if name.startswith("forward_op")
+                else "model")
         scope, shape = "", ()
         for follow in lines[i + 1:i + 4]:
             shape_match = _SHAPE.search(follow)
@@ -92,8 +98,11 @@ def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective
                 scope = scope_match.group(1)
                 break
         group = attrs.get("group", "")
-        found.append(Collective(match.group(1), group, _ranks(attrs.get("group_ranks", ""), group, world), scope, kind,
-                                shape))
+        listed = _RANK_IDS.search(line)  # the validate IR writes a group's ranks as a tuple
+        ranks = tuple(int(r) for r in listed.group(1).replace(" ", "").split(",") if r) if listed else \
+            _ranks(attrs.get("group_ranks", ""), group, world)
+        found.append(Collective(match.group(1), group, ranks, scope, kind,
+                                shape, attrs.get("mirror_user_id", "")))
     return found
 
 
@@ -252,8 +261,9 @@ def unlisted_redistributions(collectives: Sequence[Collective], topology: Topolo
     """Forward-pass redistributions MindSpore inserted that the strategy table does not plan: anything but the
     exchange's AlltoAll (ep) inside the MoE layer and AllGather (mp) inside its layouts (auto mode) or exchange
     (explicit mode), row-parallel / global sums (AllReduce), and the small gathers of `gathered`
-    (table.gathered_shapes: collective, group "dp" or "all", full shape, reason). Gradient mirrors and
-    backward-pass collectives (the adjoints of forward ones) are not counted."""
+    (table.gathered_shapes: collective, group "dp" or "all", full shape, reason). Gradient mirrors,
+    backward-pass collectives (the adjoints of forward ones) and the parallel optimizer's collectives (checked
+    against its plan by `optimizer_problems`) are not counted."""
     intended = intended_groups(topology, rank)
     world = tuple(range(topology.world))
     intended["AllReduce"].add(world)  # a flag agreed by every rank (loss-scale overflow)
@@ -261,9 +271,62 @@ def unlisted_redistributions(collectives: Sequence[Collective], topology: Topolo
     accepted = {(op, groups[group], tuple(shape)) for op, group, shape, _ in gathered}
     out = []
     for c in collectives:
-        if c.gradient or c.op not in intended or (c.op, c.ranks, c.shape) in accepted:
+        if c.gradient or c.kind == "optimizer" or c.op not in intended or (c.op, c.ranks, c.shape) in accepted:
             continue
         where = c.op == "AllReduce" or (in_exchange(c.scope) if c.op == "AllGather" else in_moe(c.scope))
         if not (c.ranks in intended[c.op] and where):
             out.append(c)
     return out
+
+
+# ------------------------------------------------------------------ the parallel optimizer (auto mode)
+
+def optimizer_problems(forward: Sequence[Collective], backward: Sequence[Collective],
+                       planned: Mapping[str, tuple[int, ...]], trainable: Iterable[str]) -> list[str]:
+    """The parallel optimizer's collectives against its plan (`planned`: parameter -> ranks of its shard group,
+    autoparallel/slices.py): one weight AllGather per sharded parameter in the forward IR (`forward`, the
+    step_parallel_end collectives) and one gradient ReduceScatter per sharded trainable parameter in the backward
+    (`backward`, the validate IR's), each over its planned group, and none for any other parameter."""
+    problems = []
+    trainable = set(trainable)
+    for op, seen, want in (("AllGather", forward, dict(planned)),
+                           ("ReduceScatter", backward, {n: g for n, g in planned.items() if n in trainable})):
+        got: dict[str, list[tuple[int, ...]]] = {}
+        for c in seen:
+            if c.kind == "optimizer" and c.op == op:
+                got.setdefault(c.parameter, []).append(c.ranks)
+        for name in sorted(set(got) | set(want)):
+            if name not in want:
+                problems.append(f"{name}: parallel-optimizer {op} over {got[name]}, the plan keeps it unsharded")
+            elif got.get(name) != [want[name]]:
+                problems.append(f"{name}: parallel-optimizer {op} over {got.get(name, [])}, the plan expects one "
+                                f"over {want[name]}")
+    return problems
+
+
+def stored_shape_problems(stored: Mapping[str, Sequence[int]], planned: Mapping[str, Sequence[int]]) -> list[str]:
+    """Parameters and optimizer moments whose shape as the compiled graph stores it differs from the plan's
+    (`planned`: name -> stored shape, moments under their own names)."""
+    return [f"{name}: stored as {tuple(stored.get(name, ()))}, the plan says {tuple(planned.get(name, ()))}"
+            for name in sorted(set(stored) | set(planned))
+            if tuple(stored.get(name, ())) != tuple(planned.get(name, ()))]
+
+
+def strategy_record_problems(checkpoint: Mapping[str, Mapping], planned: Mapping[str, tuple[int, ...]],
+                             names: Iterable[str]) -> list[str]:
+    """The strategy checkpoint records the optimizer shard as MindSpore's transforms read it: a planned parameter
+    (`planned`: name -> ranks of its shard group) with opt_weight_shard_size -1 (the whole group) and
+    opt_weight_shard_step the rank stride inside the group; every other one (of `names`) with 0 and 0."""
+    problems = []
+    for name in sorted(set(names)):
+        saved = checkpoint.get(name)
+        if saved is None or "opt_weight_shard_size" not in saved:
+            continue  # checkpoint_problems names the missing ones
+        ranks = planned.get(model_parameter(name), ())
+        want = (-1, ranks[1] - ranks[0]) if len(ranks) > 1 else (0, 0)
+        got = (saved["opt_weight_shard_size"], saved["opt_weight_shard_step"])
+        if got != want:
+            problems.append(f"{name}: strategy checkpoint records optimizer shard (size, step) {got}, the plan "
+                            f"expects {want}")
+    return problems
+

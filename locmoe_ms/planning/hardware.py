@@ -1,4 +1,4 @@
-"""A cluster's hardware figures for the step-time model (model_configs/hardware/*.yaml).
+"""A cluster's hardware figures for the step-time model and the memory plan (model_configs/hardware/*.yaml).
 
 Every entry is {value, source, confidence}; `value` is a number, or for algorithm_efficiency a mapping from
 cluster size (devices) to a number with an optional `default`. Unknown sections or keys, missing values and
@@ -22,6 +22,7 @@ SCHEMA = {
     "latency_us": KINDS,
     "algorithm_efficiency": ("all_to_all", "all_gather", "all_reduce"),
     "schedule": ("gradient_overlap",),
+    "memory": ("hbm_gb", "usable_share", "hccl_buffer_mb"),
 }
 DEFAULT = Path(__file__).resolve().parents[2] / "model_configs" / "hardware" / "ascend910a.yaml"
 
@@ -35,6 +36,9 @@ class Hardware:
     latency: tuple[float, ...]        # s per message, per KINDS
     algorithm_efficiency: dict        # operator -> {devices or "default": factor}
     gradient_overlap: float
+    hbm_bytes: float                  # device memory (HBM) per device
+    usable_share: float               # of it, what a training step may use
+    hccl_buffer_bytes: float          # HCCL_BUFFSIZE: each communication group takes two of these
     sources: dict                     # "section.key" -> source text
 
     def op_efficiency(self, op: str, devices: int) -> float:
@@ -90,6 +94,9 @@ def load_hardware(path: str | Path | None = None) -> Hardware:
         algorithm_efficiency=efficiency,
         gradient_overlap=_number(path, "schedule.gradient_overlap", values["schedule.gradient_overlap"], 0, 1,
                                  open_low=False),
+        hbm_bytes=_number(path, "memory.hbm_gb", values["memory.hbm_gb"], 0) * 1e9,
+        usable_share=_number(path, "memory.usable_share", values["memory.usable_share"], 0, 1),
+        hccl_buffer_bytes=_number(path, "memory.hccl_buffer_mb", values["memory.hccl_buffer_mb"], 0) * 2 ** 20,
         sources=sources)
 
 

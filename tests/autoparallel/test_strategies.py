@@ -210,7 +210,8 @@ MP4 = ["parallel_config.model_parallel=4", "parallel_config.data_parallel=16"]
      "model.ffn_hidden_size = 20484: must be divisible by parallel_config.model_parallel (8)"),
     ((16, 4, 16), ["train.batch_size=8"], "train.batch_size = 8: must be divisible by parallel_config.data_parallel (16)"),
     # (loaded in explicit mode, which has no capacity rule; the strategies are auto mode's)
-    ((8, 8, 8), ["moe_config.capacity_factor=1.1", "parallel_config.mode=explicit"],
+    ((8, 8, 8), ["moe_config.capacity_factor=1.1", "parallel_config.mode=explicit",
+                 "parallel_config.optimizer_shard=false"],
      "moe_config.capacity_factor = 1.1: in auto mode the "
                                                     "capacity per token group and expert (141) must be a multiple "
                                                     "of model_parallel (8)"),
