@@ -370,6 +370,10 @@ def check_parallel_sizes(cfg: Config) -> None:
     for bad, key, value, allowed in rules:
         if bad:
             raise ConfigError(f"{key} = {value}: {allowed}")
+    if par.mode == "auto" and m.vocab_size % mp:
+        raise ConfigError(f"model.vocab_size = {m.vocab_size}: in auto mode the vocabulary is split over "
+                          f"parallel_config.model_parallel ({mp}) and must be divisible by it; pad it (GPT-2's 50257 "
+                          f"ids fit in 50304)")
     if par.optimizer_shard and par.mode != "auto":
         raise ConfigError(f"parallel_config.optimizer_shard = true: needs parallel_config.mode auto (MindSpore's "
                           f"parallel optimizer); mode {par.mode!r} keeps whole replicas")

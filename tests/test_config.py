@@ -108,6 +108,9 @@ def test_exponent_without_decimal_point_is_a_number():
 # Configs that a launch used to reject only after start-up (Topology, the shard strategies, the exchange, the data
 # pipeline); locmoe-check-config must reject each first, with the key, its value and the rule.
 REJECTED_AT_LAUNCH = [
+    (["parallel_config.mode=auto", "parallel_config.model_parallel=2", "parallel_config.data_parallel=4",
+      "parallel_config.expert_parallel=4", "model.vocab_size=8193"],
+     "model.vocab_size = 8193: in auto mode the vocabulary is split over parallel_config.model_parallel (2)"),
     (["parallel_config.optimizer_shard=true"],
      "parallel_config.optimizer_shard = true: needs parallel_config.mode auto (MindSpore's parallel optimizer)"),
     (["parallel_config.devices_per_node=3", "parallel_config.data_parallel=3", "parallel_config.expert_parallel=1",

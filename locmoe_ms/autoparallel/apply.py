@@ -91,8 +91,18 @@ PRIMITIVE_OPS: dict[tuple[str, str], str] = {
     ("PanGuSigmaLM", "logits_matmul"): "head.logits",
     ("GrAPGate", "matmul"): "gate",
     ("DenseGate", "matmul"): "gate",
-    ("AutodiffCrossEntropy", "shift"): "loss.shift",
-    ("AutodiffCrossEntropy", "pick"): "loss.pick",
+    ("PanGuSigmaLM", "embedding_gather"): "embedding.gather",
+    ("VocabParallelCrossEntropy", "row_max"): "loss.max",
+    ("VocabParallelCrossEntropy", "shift"): "loss.shift",
+    ("VocabParallelCrossEntropy", "exp"): "loss.exp",
+    ("VocabParallelCrossEntropy", "row_sum"): "loss.sum",
+    ("VocabParallelCrossEntropy", "one_hot"): "loss.one_hot",
+    ("VocabParallelCrossEntropy", "pick"): "loss.pick",
+    ("VocabParallelCrossEntropy", "pick_sum"): "loss.pick_sum",
+    ("VocabParallelCrossEntropy", "log"): "loss.log",
+    ("VocabParallelCrossEntropy", "add_peak"): "loss.add_peak",
+    ("VocabParallelCrossEntropy", "token_loss"): "loss.token",
+    ("VocabParallelCrossEntropy", "mean"): "loss.cross_entropy",
 }
 
 

@@ -16,7 +16,7 @@ from locmoe_ms.autoparallel.apply import apply_shard_strategies
 from locmoe_ms.autoparallel.context import set_parallel_context
 from locmoe_ms.config import Config
 from locmoe_ms.layers import BiasAdd
-from locmoe_ms.model.loss import CrossEntropy, own_primitives
+from locmoe_ms.model.loss import CrossEntropy, VocabParallelCrossEntropy
 from locmoe_ms.model.network import build_model
 from locmoe_ms.parallel.communicator import WorldAllReduce
 from locmoe_ms.train import checkpoint
@@ -30,20 +30,11 @@ class AutodiffBiasAdd(nn.Cell):
     construct = BiasAdd.construct
 
 
-class AutodiffCrossEntropy(nn.Cell):
-    """CrossEntropy's forward (and primitives) with MindSpore's own backward pass."""
-
-    def __init__(self):
-        super().__init__()
-        own_primitives(self)
-
-    construct = CrossEntropy.construct
-
-
 # Cells whose custom backward pass (there for speed on CPU) auto-parallel cannot partition: in the dry-run compile
 # BiasAdd's kept the attention biases whole and made a row-parallel projection fail in the backward pass ("Bprop
-# MatMulExt ... 256 and 128"), and CrossEntropy's gathered the whole [tokens, vocabulary] logits on every rank.
-AUTODIFF: dict[type, type] = {BiasAdd: AutodiffBiasAdd, CrossEntropy: AutodiffCrossEntropy}
+# MatMulExt ... 256 and 128"), and CrossEntropy's gathered the whole [tokens, vocabulary] logits on every rank; its
+# auto-mode form takes the vocabulary split over model parallel (model/loss.py VocabParallelCrossEntropy).
+AUTODIFF: dict[type, type] = {BiasAdd: AutodiffBiasAdd, CrossEntropy: VocabParallelCrossEntropy}
 
 
 def use_autodiff(network: nn.Cell) -> list[str]:

@@ -38,7 +38,8 @@ _HEADS = (0, 2, 1, 3)
 # Symbols: B batch, S sequence, h hidden, H heads, D head size, f FFN inner, V vocabulary, T = B*S,
 # E experts, G token groups (= dp), t = T/G, C capacity per (group, expert), GC = G*C, EC = E*C, one = 1.
 OPS: dict[str, OpSpec] = {
-    "embedding.gather": _op("Gather", ("V h", "B:dp S"), "B:dp S h"),
+    "embedding.gather": _op("Gather", ("V:mp h", "B:dp S"), "B:dp S h",
+                            note="vocabulary parallel: each rank looks up its rows, AllReduce(mp)"),
     "embedding.position": _op("Add", ("B:dp S h", "S h"), "B:dp S h"),
     # attention (every block; the top query layer takes its query from query_layer.*)
     "attention.layernorm": _op("LayerNorm", ("B:dp S h", "h", "h"), "B:dp S h", axis=-1),
@@ -121,11 +122,22 @@ OPS: dict[str, OpSpec] = {
     "moe.residual": _op("Add", ("B:dp S h", "B:dp S h"), "B:dp S h"),
     # head
     "head.layernorm": _op("LayerNorm", ("B:dp S h", "h", "h"), "B:dp S h", axis=-1),
-    "head.embedding_transpose": _op("Transpose", ("V h",), "h V", perm=(1, 0)),
-    "head.logits": _op("MatMulExt", ("T:dp h", "h V"), "T:dp V"),
-    "loss.shift": _op("Sub", ("T:dp V", "T:dp one"), "T:dp V", note="logits - their row maximum"),
-    "loss.pick": _op("GatherD", ("T:dp V", "T:dp one"), "T:dp one", note="each token's label logit"),
-    "loss.cross_entropy": _op("CrossEntropy", ("T:dp V", "T:dp"), "", note="mean over dp: AllReduce(dp)"),
+    "head.embedding_transpose": _op("Transpose", ("V:mp h",), "h V:mp", perm=(1, 0)),
+    "head.logits": _op("MatMulExt", ("T:dp h", "h V:mp"), "T:dp V:mp", note="each rank's vocabulary columns"),
+    # the cross-entropy over the split vocabulary (model/loss.py VocabParallelCrossEntropy): no rank gathers a row
+    "loss.max": _op("ReduceMax", ("T:dp V:mp",), "T:dp one", note="row maximum: AllReduce(max, mp)"),
+    "loss.shift": _op("Sub", ("T:dp V:mp", "T:dp one"), "T:dp V:mp", note="logits - their row maximum"),
+    "loss.exp": _op("Activation", ("T:dp V:mp",), "T:dp V:mp"),
+    "loss.sum": _op("ReduceSum", ("T:dp V:mp",), "T:dp one", note="sum of exponentials: AllReduce(mp)"),
+    "loss.one_hot": _op("OneHot", ("T:dp V:mp", "", ""), "T:dp V:mp",
+                        note="each rank's columns of the labels' one-hot; MindSpore's OneHot strategy names the "
+                             "output's [T, V] and the scalar on/off values"),
+    "loss.pick": _op("Mul", ("T:dp V:mp", "T:dp V:mp"), "T:dp V:mp"),
+    "loss.pick_sum": _op("ReduceSum", ("T:dp V:mp",), "T:dp one", note="each token's label logit: AllReduce(mp)"),
+    "loss.log": _op("Activation", ("T:dp one",), "T:dp one"),
+    "loss.add_peak": _op("Add", ("T:dp one", "T:dp one"), "T:dp one", note="logsumexp of each token's logits"),
+    "loss.token": _op("Sub", ("T:dp one", "T:dp one"), "T:dp one", note="each token's cross-entropy"),
+    "loss.cross_entropy": _op("ReduceMean", ("T:dp one",), "", note="mean over the tokens: AllReduce(dp)"),
 }
 
 
@@ -183,9 +195,15 @@ DATA_FLOW: tuple[Edge, ...] = (
     Edge("router.top1", "dispatch.match"),
     Edge("router.top1", "combine.scale", 1),
     Edge("attention.residual", "moe.residual", 1),
-    *_chain("ffn.residual", "head.layernorm", "head.logits", "loss.cross_entropy"),
+    *_chain("ffn.residual", "head.layernorm", "head.logits", "loss.max"),
     Edge("head.logits", "loss.shift"),
+    Edge("loss.max", "loss.shift", 1),
+    *_chain("loss.shift", "loss.exp", "loss.sum", "loss.log", "loss.add_peak", "loss.token", "loss.cross_entropy"),
+    Edge("loss.max", "loss.add_peak", 1),
     Edge("head.logits", "loss.pick"),
+    Edge("loss.one_hot", "loss.pick", 1),
+    Edge("loss.pick", "loss.pick_sum"),
+    Edge("loss.pick_sum", "loss.token", 1),
     Edge("head.embedding_transpose", "head.logits", 1),
 )
 

@@ -197,9 +197,11 @@ def _check_split(cfg: Config, expert_parallel: int, model_parallel: int, world: 
     if experts % expert_parallel:
         raise UserInputError(f"--expert-parallel {expert_parallel}: must divide moe_config.expert_num ({experts})")
     if not whole and (m.num_heads % model_parallel or m.ffn_hidden_size % model_parallel
-                      or m.hidden_size % model_parallel):
+                      or m.hidden_size % model_parallel or m.vocab_size % model_parallel):
         raise UserInputError(f"--model-parallel {model_parallel}: must divide model.num_heads ({m.num_heads}), "
-                             f"model.ffn_hidden_size ({m.ffn_hidden_size}) and model.hidden_size ({m.hidden_size})")
+                             f"model.ffn_hidden_size ({m.ffn_hidden_size}), model.hidden_size ({m.hidden_size}) and "
+                             f"model.vocab_size ({m.vocab_size}: the vocabulary is sliced as auto mode splits it), "
+                             f"or pass --whole-tensors")
     if world % (expert_parallel * model_parallel):
         raise UserInputError(f"--world {world}: must be a multiple of expert_parallel * model_parallel "
                              f"({expert_parallel * model_parallel})")

@@ -37,3 +37,33 @@ def own_primitives(cell: nn.Cell) -> None:
     gathered the whole [tokens, vocabulary] logits."""
     cell.shift = ops.Sub()
     cell.pick = ops.GatherD()
+
+
+class VocabParallelCrossEntropy(nn.Cell):
+    """CrossEntropy's value over logits whose vocabulary axis auto mode splits over model parallel (PanGu-alpha's
+    vocabulary-parallel head), with MindSpore's own backward pass: the row maximum and the sum of exponentials are
+    reductions over the vocabulary (an AllReduce over mp each), and the label's logit is picked by a one-hot
+    product and a sum instead of a gather, so no rank needs a whole row. The one-hot product adds exact zeros, so the
+    picked value is the gathered one; the maximum is only a shift (it cancels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.row_max = ops.ReduceMax(keep_dims=True)
+        self.shift = ops.Sub()
+        self.exp = ops.Exp()
+        self.row_sum = ops.ReduceSum(keep_dims=True)
+        self.one_hot = ops.OneHot()
+        self.pick = ops.Mul()
+        self.pick_sum = ops.ReduceSum(keep_dims=True)
+        self.on, self.off = Tensor(1.0, ms.float32), Tensor(0.0, ms.float32)
+        self.log, self.add_peak, self.token_loss = ops.Log(), ops.Add(), ops.Sub()
+        self.mean = ops.ReduceMean(keep_dims=False)
+
+    def construct(self, logits: Tensor, labels: Tensor) -> Tensor:
+        # per-token values stay [N, 1] and every op is owned, so auto mode keeps them split over the tokens as the
+        # logits are (left to sharding propagation, the sums were gathered over data parallel for the mean)
+        peak = ops.stop_gradient(self.row_max(logits, -1))
+        logsumexp = self.add_peak(self.log(self.row_sum(self.exp(self.shift(logits, peak)), -1)), peak)
+        hot = self.one_hot(labels.reshape(-1), logits.shape[-1], self.on, self.off)
+        picked = self.pick_sum(self.pick(logits, hot), -1)
+        return self.mean(self.token_loss(logsumexp, picked), ())

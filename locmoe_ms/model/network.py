@@ -44,7 +44,8 @@ class PanGuSigmaLM(nn.Cell):
         self.query_layer = DenseBlock(cfg)
         self.num_sparse = len(m.sparse_layers)
         self.dtype = DTYPES[m.compute_dtype]
-        self.logits_matmul = MatMulExt()  # ops.matmul's primitive, pinned by auto-parallel (context.PRIMITIVE_OPS)
+        self.logits_matmul = MatMulExt()  # ops.matmul's primitive, pinned by auto-parallel (apply.PRIMITIVE_OPS)
+        self.embedding_gather = ops.Gather()  # ops.gather's, owned: auto mode splits the vocabulary over mp
         if m.recompute:  # activations of each block are recomputed in the backward pass instead of kept
             for block in self.blocks:
                 block.recompute()
@@ -52,7 +53,7 @@ class PanGuSigmaLM(nn.Cell):
 
     def construct(self, input_ids: Tensor, domain_ids: Tensor):
         b, s = input_ids.shape
-        x = ops.gather(self.word_embedding, input_ids, 0) + self.position_embedding[:s]
+        x = self.embedding_gather(self.word_embedding, input_ids, 0) + self.position_embedding[:s]
         token_ids = input_ids.reshape(-1)
         token_domains = ops.broadcast_to(domain_ids.reshape(b, 1), (b, s)).reshape(-1)
         aux = ops.zeros((), ms.float32)

@@ -4,7 +4,8 @@ One source of truth for the shard strategies (autoparallel/table.py) and the che
 (tools/convert_ckpt.py). Expert parameters are split along the expert axis over the expert-parallel group.
 Tensor parallelism follows Megatron/PanGu-alpha: column-parallel first projections (query, key, value, FFN w_in,
 expert w_in) split their output axis and their bias, row-parallel second projections (attention out, FFN w_out,
-expert w_out) split their input axis and keep their bias whole. Embeddings, LayerNorms and the gate are replicated.
+expert w_out) split their input axis and keep their bias whole. The word embedding (and so the tied head's logits) is
+split on the vocabulary axis, as PanGu-alpha does. Position embeddings, LayerNorms and the gate are replicated.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ _RULES: tuple[tuple[str, ParamSplit], ...] = (
     (".ffn.w_in.weight", ParamSplit(model_axis=1)),
     (".ffn.w_in.bias", ParamSplit(model_axis=0)),
     (".ffn.w_out.weight", ParamSplit(model_axis=0)),
+    ("word_embedding", ParamSplit(model_axis=0)),  # vocabulary parallel (auto mode; explicit mode keeps it whole)
 )
 
 

@@ -324,7 +324,8 @@ def _group_size(name: str, world: int) -> int:
 ], ids=["tiny-8-opt-rank0", "tiny-8-opt-rank7", "pangu64n-opt-rank63", "pangu64n-rank0"])
 def test_memory_plan_static_bytes_equal_the_compiled_layouts(cann_stub, tmp_path, config, args, rank):
     """The train step compiles with the tool's checks passing (every weight and moment stored as planned, the
-    parallel optimizer's collectives where planned, nothing unlisted), and the plan's weight + moment bytes equal
+    parallel optimizer's collectives where planned, nothing unlisted: the cross-entropy over the split vocabulary
+    gathers no logits), and the plan's weight + moment bytes equal
     those of the compiled parameter_layout_dict: each entry's slice shape split again over its optimizer-shard
     group, the group's size read from MindSpore's group name."""
     from math import prod
@@ -341,6 +342,8 @@ def test_memory_plan_static_bytes_equal_the_compiled_layouts(cann_stub, tmp_path
                    for name, (_, _, piece) in result["layouts"].items() if model_parameter(name) in full)
     plan = static_bytes(parameter_slices(cfg, full), trainable)
     assert plan.weights + plan.moments == compiled
+    m, mp = cfg.model, cfg.parallel_config.model_parallel  # vocabulary parallel: the embedding's rows over mp
+    assert result["layouts"]["network.word_embedding"][2] == [m.vocab_size // mp, m.hidden_size]
     if not cfg.parallel_config.optimizer_shard:
         assert result["opt_shard_groups"] == {} and not result.get("optimizer_counts")
         return

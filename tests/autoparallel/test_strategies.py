@@ -40,7 +40,7 @@ def test_pangu_configs_follow_table_1(name, nodes, dp, ep, batch):
 
 def test_exact_strategies_64_devices():
     ins = layouts.in_strategies(ParallelSizes(dp=8, mp=8, ep=8))
-    assert ins["embedding.gather"] == ((1, 1), (8, 1))
+    assert ins["embedding.gather"] == ((8, 1), (8, 1))  # vocabulary parallel: rows over mp, token ids over dp
     assert ins["attention.query"] == ins["attention.key"] == ins["attention.value"] == ((8, 1, 1), (1, 8))
     assert ins["attention.scores"] == ins["attention.context"] == ((8, 8, 1, 1), (8, 8, 1, 1))
     assert ins["attention.softmax"] == ((8, 8, 1, 1),)
@@ -55,7 +55,8 @@ def test_exact_strategies_64_devices():
     assert ins["exchange.all_gather"] == ((1, 8, 1, 1),)
     assert ins["experts.w_in"] == ((8, 1, 1), (8, 1, 8)) and ins["experts.b_in"] == ((8, 1, 8), (8, 1, 8))
     assert ins["experts.w_out"] == ((8, 1, 8), (8, 8, 1))
-    assert ins["head.logits"] == ((8, 1), (1, 1))
+    assert ins["head.logits"] == ((8, 1), (1, 8))  # the tied head's vocabulary columns over mp
+    assert ins["loss.max"] == ins["loss.sum"] == ins["loss.pick_sum"] == ((8, 8),) and ins["loss.one_hot"] == ((8, 8), (), ())
     assert layouts.output_strategies(ParallelSizes(8, 8, 8))["experts.w_out"] == (8, 1, 1)
 
 

@@ -67,7 +67,7 @@ def trained(tmp_path_factory) -> Path:
     """A locmoe model (4 experts) after 2 real training steps with dynamic loss scaling, saved by locmoe-train."""
     from locmoe_ms.job import train
     root = tmp_path_factory.mktemp("trained")
-    cfg = small_config(model={"vocab_size": 257},
+    cfg = small_config(model={"vocab_size": 258},  # the byte tokenizer's 257 ids, even: tensor slices split it
                        data={"corpus": "files", "paths": [str(_corpus(root / "corpus.txt"))], "tokenizer": "byte"},
                        train={"max_steps": 2, "eval_every": 2, "save_every": 2, "eval_batches": 1,
                               "loss_scale": "dynamic"})  # the scaler's 0-d parameters go through every tool
