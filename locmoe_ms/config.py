@@ -108,7 +108,10 @@ class ParallelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = rule(8, ge=1, help="global batch, in sequences")
+    batch_size: int = rule(8, ge=1, help="global batch, in sequences: one optimizer update")
+    micro_batches: int = rule(1, ge=1, help="gradient accumulation: each step runs batch_size / micro_batches "
+                              "sequences at a time and sums their gradients before one update (MindFormers' "
+                              "gradient_accumulation_steps; Megatron's global batch = micro batch x dp x this)")
     max_steps: int = rule(300, ge=1)
     learning_rate: float = rule(1e-3, gt=0.0)
     min_learning_rate: float = rule(1e-4, ge=0.0)
@@ -160,6 +163,11 @@ class Config:
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Sequences the model computes at a time: the global batch over train.micro_batches."""
+        return self.train.batch_size // self.train.micro_batches
 
     @property
     def virtual_devices(self) -> int:
@@ -348,6 +356,9 @@ def check_parallel_sizes(cfg: Config) -> None:
     so locmoe-check-config rejects whatever a launch would reject."""
     m, moe, par, tr = cfg.model, cfg.moe_config, cfg.parallel_config, cfg.train
     dp, mp, ep, world = par.data_parallel, par.model_parallel, par.expert_parallel, cfg.virtual_devices
+    if tr.batch_size % tr.micro_batches:
+        raise ConfigError(f"train.micro_batches = {tr.micro_batches}: must divide train.batch_size ({tr.batch_size})")
+    micro = tr.batch_size // tr.micro_batches  # the sequences the model computes at a time
     rules = (
         (dp * mp != world, "parallel_config.data_parallel", dp,
          f"data_parallel * model_parallel ({dp} * {mp}) must equal nodes * devices_per_node ({world})"),
@@ -361,11 +372,12 @@ def check_parallel_sizes(cfg: Config) -> None:
          f"must be divisible by parallel_config.model_parallel ({mp})"),
         (m.ffn_hidden_size % mp, "model.ffn_hidden_size", m.ffn_hidden_size,
          f"must be divisible by parallel_config.model_parallel ({mp})"),
-        (tr.batch_size % dp, "train.batch_size", tr.batch_size,
-         f"must be divisible by parallel_config.data_parallel ({dp})"),
-        ((tr.batch_size * m.seq_length) % world, "train.batch_size", tr.batch_size,
-         f"batch_size * model.seq_length ({tr.batch_size * m.seq_length}) must be divisible by nodes * "
-         f"devices_per_node ({world})"),
+        (micro % dp, "train.batch_size", tr.batch_size,
+         f"must be divisible by parallel_config.data_parallel ({dp})" if tr.micro_batches == 1 else
+         f"batch_size / micro_batches ({micro}) must be divisible by parallel_config.data_parallel ({dp})"),
+        ((micro * m.seq_length) % world, "train.batch_size", tr.batch_size,
+         f"{'batch_size' if tr.micro_batches == 1 else 'batch_size / micro_batches'} * model.seq_length "
+         f"({micro * m.seq_length}) must be divisible by nodes * devices_per_node ({world})"),
     )
     for bad, key, value, allowed in rules:
         if bad:
@@ -378,7 +390,7 @@ def check_parallel_sizes(cfg: Config) -> None:
         raise ConfigError(f"parallel_config.optimizer_shard = true: needs parallel_config.mode auto (MindSpore's "
                           f"parallel optimizer); mode {par.mode!r} keeps whole replicas")
     if par.mode == "auto" and mp > 1:
-        capacity = group_capacity(tr.batch_size * m.seq_length // dp, moe, ep)
+        capacity = group_capacity(micro * m.seq_length // dp, moe, ep)
         if capacity % mp:
             raise ConfigError(f"moe_config.capacity_factor = {moe.capacity_factor}: in auto mode the capacity per "
                               f"token group and expert ({capacity}) must be a multiple of model_parallel ({mp}); "

@@ -282,7 +282,8 @@ def _optimizer_checks(cfg, result: dict, ir_dir: Path, collectives: list, eviden
         if c.kind == "optimizer":
             counts[(c.op, c.ranks)] = counts.get((c.op, c.ranks), 0) + 1
     evidence["optimizer_counts"] = [[op, list(ranks), n] for (op, ranks), n in sorted(counts.items())]
-    return problems + dryrun.optimizer_problems(collectives, backward, groups, result["shapes"])
+    return problems + dryrun.optimizer_problems(collectives, backward, groups, result["shapes"],
+                                                cfg.train.micro_batches)
 
 
 def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:

@@ -75,4 +75,4 @@ def build_auto_training(cfg: Config, init_from: Path | None = None) -> Training:
     step.set_train(True)
     return Training(loss_net, step, rows, rank, world, f"rank {rank} of {world} (auto-parallel)",
                     {"rank": rank, "world_size": world},
-                    frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset())
+                    frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset(), cfg.train.micro_batches)

@@ -41,7 +41,7 @@ def parameter_mismatches(names) -> list[str]:
 def tensor_sizes(cfg, sizes: ParallelSizes) -> dict[str, int]:
     """Size of every dimension symbol of OPS for a config (capacity as MoELayer computes it)."""
     m, moe = cfg.model, cfg.moe_config
-    batch, tokens = cfg.train.batch_size, cfg.train.batch_size * m.seq_length
+    batch, tokens = cfg.micro_batch_size, cfg.micro_batch_size * m.seq_length  # what one call of the model takes
     per_group = tokens // sizes.dp
     capacity = group_capacity(per_group, moe, sizes.ep)
     return {"B": batch, "S": m.seq_length, "h": m.hidden_size, "H": m.num_heads,

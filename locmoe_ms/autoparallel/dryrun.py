@@ -282,15 +282,18 @@ def unlisted_redistributions(collectives: Sequence[Collective], topology: Topolo
 # ------------------------------------------------------------------ the parallel optimizer (auto mode)
 
 def optimizer_problems(forward: Sequence[Collective], backward: Sequence[Collective],
-                       planned: Mapping[str, tuple[int, ...]], trainable: Iterable[str]) -> list[str]:
+                       planned: Mapping[str, tuple[int, ...]], trainable: Iterable[str],
+                       micro_batches: int = 1) -> list[str]:
     """The parallel optimizer's collectives against its plan (`planned`: parameter -> ranks of its shard group,
     autoparallel/slices.py): one weight AllGather per sharded parameter in the forward IR (`forward`, the
-    step_parallel_end collectives) and one gradient ReduceScatter per sharded trainable parameter in the backward
-    (`backward`, the validate IR's), each over its planned group, and none for any other parameter."""
+    step_parallel_end collectives; the micro-batches of a step share it) and one gradient ReduceScatter per sharded
+    trainable parameter and micro-batch in the backward (`backward`, the validate IR's), each over its planned
+    group, and none for any other parameter."""
     problems = []
     trainable = set(trainable)
-    for op, seen, want in (("AllGather", forward, dict(planned)),
-                           ("ReduceScatter", backward, {n: g for n, g in planned.items() if n in trainable})):
+    for op, seen, want, count in (("AllGather", forward, dict(planned), 1),
+                                  ("ReduceScatter", backward, {n: g for n, g in planned.items() if n in trainable},
+                                   micro_batches)):
         got: dict[str, list[tuple[int, ...]]] = {}
         for c in seen:
             if c.kind == "optimizer" and c.op == op:
@@ -298,9 +301,9 @@ def optimizer_problems(forward: Sequence[Collective], backward: Sequence[Collect
         for name in sorted(set(got) | set(want)):
             if name not in want:
                 problems.append(f"{name}: parallel-optimizer {op} over {got[name]}, the plan keeps it unsharded")
-            elif got.get(name) != [want[name]]:
-                problems.append(f"{name}: parallel-optimizer {op} over {got.get(name, [])}, the plan expects one "
-                                f"over {want[name]}")
+            elif got.get(name) != [want[name]] * count:
+                problems.append(f"{name}: parallel-optimizer {op} over {got.get(name, [])}, the plan expects "
+                                f"{count} over {want[name]}")
     return problems
 
 

@@ -13,12 +13,13 @@ from locmoe_ms.parallel.topology import Topology
 
 
 def row_domains(cfg: Config) -> np.ndarray | None:
-    """The domain id each row of a global batch reads (rows are ordered by token group), or None for i.i.d.
-    batches."""
+    """The domain id each row of a global batch reads (rows are ordered by token group within each micro-batch),
+    or None for i.i.d. batches."""
     if not cfg.data.node_domains:
         return None
     topology = Topology.from_config(cfg)
-    group_of_row = np.arange(cfg.train.batch_size) // (cfg.train.batch_size // topology.token_groups)
+    micro = cfg.micro_batch_size
+    group_of_row = np.arange(cfg.train.batch_size) % micro // (micro // topology.token_groups)
     return np.array([cfg.data.node_domains[topology.node_of_group(int(g))] for g in group_of_row], np.int32)
 
 

@@ -88,6 +88,10 @@ class LanguageModelLoss(nn.Cell):
     are averaged over the ranks holding distinct tokens, so all ranks return the same loss (its gradient summed
     over ranks is world_size times the true one; the train step divides)."""
 
+    # how each output combines over the micro-batches of a step (train.micro_batches): means, except the token
+    # counts and the bytes, which add up
+    MICRO_BATCH_SUMS = (False, False, False, False, True, False, False, True)
+
     def __init__(self, network: PanGuSigmaLM, placement: Placement):
         super().__init__()
         self.network = network
@@ -104,9 +108,10 @@ class LanguageModelLoss(nn.Cell):
 def build_model(cfg: Config, batch_size: int | None = None, placement: Placement | None = None) -> LanguageModelLoss:
     """The loss network for a config: one process emulating parallel_config's cluster, or one rank of it.
 
-    `batch_size` is the global batch (default train.batch_size); a rank computes its share of it.
+    `batch_size` is the global batch one call computes (default: the micro-batch, train.batch_size /
+    train.micro_batches); a rank computes its share of it.
     """
     placement = placement or Placement(Topology.from_config(cfg))
-    batch = batch_size or cfg.train.batch_size
+    batch = batch_size or cfg.micro_batch_size
     local_batch = round(batch * placement.batch_share)
     return LanguageModelLoss(PanGuSigmaLM(cfg, placement, local_batch), placement)

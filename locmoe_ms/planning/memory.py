@@ -10,7 +10,8 @@ counted at the stored shape; with the optimizer shard the unsharded gradient of 
 ReduceScatter, counted in the workspace as the largest such slice.
 
 Activations are a formula (`activation_terms`), per device and float32 (every matmul returns float32), with
-t = tokens of the rank's token group (batch / dp * seq), b = its sequences, mp, ep, the capacity C per (group,
+t = tokens of the rank's token group in one micro-batch (batch / micro_batches / dp * seq), b = its sequences, mp,
+ep, the capacity C per (group,
 expert), heads H, hidden h, FFN f, experts E, vocabulary V (V / mp when the vocabulary is split):
   block input kept for the backward      t*h per block (num_layers + the query layer)
   attention working set                  t*h (LayerNorm) + 6 t*h/mp (q, k, v and their head-major copies)
@@ -103,7 +104,7 @@ def activation_terms(cfg: Config) -> dict[str, int]:
     auto = par.mode == "auto"
     dp, ep = par.data_parallel, par.expert_parallel
     mp = par.model_parallel if auto else 1
-    b, s, h, f, e = cfg.train.batch_size // dp, m.seq_length, m.hidden_size, m.ffn_hidden_size, moe.expert_num
+    b, s, h, f, e = cfg.micro_batch_size // dp, m.seq_length, m.hidden_size, m.ffn_hidden_size, moe.expert_num
     t = b * s
     c = group_capacity(t, moe, ep)
     vocab = m.vocab_size // (_vocabulary_split(ParallelSizes.from_config(cfg)) if auto else 1)

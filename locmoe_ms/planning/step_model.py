@@ -25,6 +25,7 @@ from locmoe_ms.planning.flops import capacity_of, op_total, parameter_counts, st
 from locmoe_ms.planning.hardware import KINDS, Hardware
 from locmoe_ms.planning.routing import Routing
 from locmoe_ms.config import Config
+from locmoe_ms.errors import UserInputError
 from locmoe_ms.parallel.exchange import all_gather_rows, all_to_all_rows, exchange_terms
 from locmoe_ms.parallel.topology import Topology
 
@@ -98,6 +99,10 @@ class Breakdown:
 
 
 def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
+    if cfg.train.micro_batches > 1:
+        raise UserInputError(f"train.micro_batches = {cfg.train.micro_batches}: the step-time model covers one "
+                             f"batch per update; model one micro-batch: --set train.micro_batches=1 --set "
+                             f"train.batch_size={cfg.micro_batch_size}")
     m, par = cfg.model, cfg.parallel_config
     topo = Topology.from_config(cfg)
     world = topo.world

@@ -60,8 +60,9 @@ def build_rank_model(cfg: Config, placement: Placement, init_from: Path | None =
 
 @dataclass
 class Training:
-    """What this process trains: the loss network, the train step around it, its rows of every global batch and
-    its rank (None in a one-process run). Built the same way by locmoe-train and by the Ascend dry-run compile."""
+    """What this process trains: the loss network, the train step around it, its rows of every micro-batch (of
+    every global batch when train.micro_batches is 1) and its rank (None in a one-process run). Built the same way
+    by locmoe-train and by the Ascend dry-run compile."""
     loss_net: nn.Cell
     step: TrainStep
     rows: slice
@@ -70,11 +71,18 @@ class Training:
     label: str
     shard_meta: dict             # checkpoint metadata naming the shard this process holds
     inject_overflow: frozenset = frozenset()
+    micro_batches: int = 1
+
+    def local_rows(self, batch: np.ndarray) -> np.ndarray:
+        """This process's rows of a global batch: its rows of each micro-batch (consecutive row blocks), one
+        micro-batch after another, as the train step takes them."""
+        parts = np.split(batch, self.micro_batches)
+        return parts[0][self.rows] if len(parts) == 1 else np.concatenate([p[self.rows] for p in parts])
 
     def inputs(self, tokens: np.ndarray, domains: np.ndarray, step: int) -> tuple[Tensor, Tensor, Tensor]:
         """The train step's inputs for global batch (tokens, domains) at `step` (counted from 1)."""
         inject = math.inf if step in self.inject_overflow else 0.0
-        return Tensor(tokens[self.rows]), Tensor(domains[self.rows]), Tensor(inject, ms.float32)
+        return Tensor(self.local_rows(tokens)), Tensor(self.local_rows(domains)), Tensor(inject, ms.float32)
 
 
 def build_explicit_training(cfg: Config, init_from: Path | None = None) -> Training:
@@ -87,5 +95,6 @@ def build_explicit_training(cfg: Config, init_from: Path | None = None) -> Train
     rank, topo = (placement.rank if placement.distributed else None), placement.topology
     shard = {} if rank is None else {"rank": rank, "world_size": topo.world, "expert_parallel_rank":
                                      topo.expert_block(rank), "model_parallel_rank": rank % topo.model_parallel}
-    return Training(loss_net, step, placement.batch_rows(cfg.train.batch_size), rank, placement.comm.world,
-                    placement.label, shard, frozenset(cfg.train.inject_overflow_steps) if not rank else frozenset())
+    return Training(loss_net, step, placement.batch_rows(cfg.micro_batch_size), rank, placement.comm.world,
+                    placement.label, shard, frozenset(cfg.train.inject_overflow_steps) if not rank else frozenset(),
+                    cfg.train.micro_batches)

@@ -19,14 +19,17 @@ from locmoe_ms.train.device import set_context
 def evaluate(loss_net, split, cfg: Config, rows: slice = slice(None), layout: np.ndarray | None = None) -> float:
     """Perplexity over the first eval_batches batches of a split (LM loss only, no router losses), in eval mode
     (dropout off); the network's train/eval mode is restored afterwards. `layout`: domain-sharded batches
-    (data/sharding.py), as in training.
+    (data/sharding.py), as in training. Each batch goes through the network one micro-batch at a time (the size
+    it is built for); the micro-batches are equal, so the mean of their losses is the batch's.
 
-    Under msrun each rank passes its `rows` of every batch; the loss network averages over ranks."""
+    Under msrun each rank passes its `rows` of every micro-batch; the loss network averages over ranks."""
     was_training = loss_net.training
     loss_net.set_train(False)
+    k = cfg.train.micro_batches
     try:
-        losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for t, d in
-                  eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches, layout)]
+        losses = [float(loss_net(Tensor(t[rows]), Tensor(d[rows]))[1]) for tokens, domains in
+                  eval_batches(split, cfg.train.batch_size, cfg.train.eval_batches, layout)
+                  for t, d in zip(np.split(tokens, k), np.split(domains, k))]
     finally:
         loss_net.set_train(was_training)
     if not losses:

@@ -91,6 +91,8 @@ class TrainStep(nn.Cell):
         self.loss_net = loss_net
         self.optimizer = optimizer
         self.grad_clip = train.grad_clip
+        self.micro_batches = train.micro_batches
+        self.micro_sums = getattr(loss_net, "MICRO_BATCH_SUMS", ())
         self.distributed = placement is not None and placement.distributed
         params = list(optimizer.parameters)
         self.reducer = GradientReducer(params, placement) if self.distributed else None
@@ -101,6 +103,7 @@ class TrainStep(nn.Cell):
             self.loss_scale = self.scaler.scale_value      # registered here, so checkpoints hold the scaler
             if self.dynamic:
                 self.loss_scale_counter = self.scaler.counter
+        if self.scaled or self.micro_batches > 1:  # micro-batches: each loss scaled by 1 / micro_batches too
             self.value_and_grad = ms.value_and_grad(ScaledLoss(loss_net), None, optimizer.parameters, has_aux=True)
         else:
             self.value_and_grad = ms.value_and_grad(loss_net, None, optimizer.parameters, has_aux=True)
@@ -110,7 +113,9 @@ class TrainStep(nn.Cell):
         self.inject_index = min(range(len(params)), key=lambda i: params[i].size)
 
     def construct(self, tokens, domains, inject=None):
-        if self.scaled:
+        if self.micro_batches > 1:
+            outputs, grads = self._accumulate(tokens, domains)
+        elif self.scaled:
             outputs, grads = self.value_and_grad(tokens, domains, self.loss_scale)
         else:
             outputs, grads = self.value_and_grad(tokens, domains)
@@ -136,6 +141,29 @@ class TrainStep(nn.Cell):
         if self.dynamic:
             self.scaler.adjust(skipped < 0.5)
         return outputs + (scale, skipped)
+
+    def _accumulate(self, tokens, domains):
+        """Gradient accumulation: the micro-batches (consecutive row blocks) one after another, each loss scaled by
+        (loss scale) / micro_batches, their gradients summed, so the sum is the gradient of the step's mean loss.
+        Each micro-batch starts after the previous one's gradients (ops.depend), so only one micro-batch's
+        activations are alive at a time. Outputs: the loss as a sum (unscaled below like one batch's), the other
+        outputs averaged, token counts and bytes (MICRO_BATCH_SUMS) summed."""
+        k = self.micro_batches
+        rows = tokens.shape[0] // k
+        scale = (self.loss_scale if self.scaled else ops.ones((), ms.float32)) / k
+        outputs, grads = None, None
+        for i in range(k):
+            part, part_domains = tokens[i * rows:(i + 1) * rows], domains[i * rows:(i + 1) * rows]
+            if grads is not None:
+                part = ops.depend(part, grads)
+            out, g = self.value_and_grad(part, part_domains, scale)
+            if grads is None:
+                outputs, grads = out, g
+            else:
+                outputs = tuple(a + b for a, b in zip(outputs, out))
+                grads = tuple(a + b for a, b in zip(grads, g))
+        outputs = outputs[:1] + tuple(o if summed else o / k for o, summed in zip(outputs[1:], self.micro_sums[1:]))
+        return outputs, grads
 
     def _clip(self, grads):
         if self.grad_clip <= 0:

@@ -317,15 +317,16 @@ def _group_size(name: str, world: int) -> int:
 
 
 @pytest.mark.parametrize("config, args, rank", [
-    ("model_configs/tiny_cpu.yaml", AUTO + OPT, 0),
+    ("model_configs/tiny_cpu.yaml", AUTO + OPT + ["--set", "train.micro_batches=2"], 0),
     ("model_configs/tiny_cpu.yaml", AUTO + OPT, 7),
     ("model_configs/pangu_sigma_64n.yaml", PANGU_CUT + OPT, 63),
     ("model_configs/pangu_sigma_64n.yaml", PANGU_CUT, 0),
-], ids=["tiny-8-opt-rank0", "tiny-8-opt-rank7", "pangu64n-opt-rank63", "pangu64n-rank0"])
+], ids=["tiny-8-opt-2-micro-batches-rank0", "tiny-8-opt-rank7", "pangu64n-opt-rank63", "pangu64n-rank0"])
 def test_memory_plan_static_bytes_equal_the_compiled_layouts(cann_stub, tmp_path, config, args, rank):
     """The train step compiles with the tool's checks passing (every weight and moment stored as planned, the
-    parallel optimizer's collectives where planned, nothing unlisted: the cross-entropy over the split vocabulary
-    gathers no logits), and the plan's weight + moment bytes equal
+    parallel optimizer's collectives where planned: with 2 micro-batches one weight AllGather per step and one
+    gradient ReduceScatter per micro-batch; nothing unlisted: the cross-entropy over the split vocabulary gathers
+    no logits), and the plan's weight + moment bytes equal
     those of the compiled parameter_layout_dict: each entry's slice shape split again over its optimizer-shard
     group, the group's size read from MindSpore's group name."""
     from math import prod

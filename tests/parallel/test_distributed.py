@@ -258,3 +258,29 @@ def test_router_health_options_train_on_four_ranks_as_in_one_process(tmp_path):
     want, _ = io.read(tmp_path / "one_more" / "checkpoints" / "step_00000001.ckpt")
     assert np.abs(want[name] - one[name]).max() <= 0.01 + 1e-7  # one step of the rule (rate 0.01) from there
     np.testing.assert_array_equal(after[name], want[name])
+
+
+def test_micro_batches_on_four_ranks_as_in_one_process(tmp_path):
+    """train.micro_batches 2 (two micro-batches of 4 sequences a step): the 4 msrun ranks above log one process's
+    losses and tokens per expert, and one process's losses are those of the same steps taken as one batch of 8
+    (hash routing and a capacity that drops nothing: nothing couples the micro-batches)."""
+    micro = TRAIN_CONFIG.replace("router: locmoe, capacity_factor: 1.0", "router: hash, capacity_factor: 8.0") \
+        .replace("train: {batch_size: 4,", "train: {batch_size: 8, micro_batches: 2,")
+    (tmp_path / "micro.yaml").write_text(micro)
+    (tmp_path / "whole.yaml").write_text(micro.replace("micro_batches: 2,", "micro_batches: 1,"))
+    _train_one_process(tmp_path / "micro.yaml", tmp_path / "one")
+    _train_one_process(tmp_path / "whole.yaml", tmp_path / "whole")
+    _train_four_ranks(tmp_path / "micro.yaml", tmp_path / "four", tmp_path / "log")
+    one, whole = _records(tmp_path / "one" / "metrics.jsonl"), _records(tmp_path / "whole" / "metrics.jsonl")
+    assert [r["skipped"] for r in one] == [r["skipped"] for r in whole] == [False, True, False, False]
+    for o, w in zip(one, whole):
+        assert o["loss"] == pytest.approx(w["loss"], rel=1e-5), o["step"]
+        assert [m["tokens_per_expert"] for m in o["moe_layers"]] == [m["tokens_per_expert"] for m in w["moe_layers"]]
+    assert one[-1]["valid_ppl"] == pytest.approx(whole[-1]["valid_ppl"], rel=1e-5)
+    for rank in range(4):
+        got = _records(tmp_path / "four" / f"rank_{rank}" / "metrics.jsonl")
+        assert [g["step"] for g in got] == [1, 2, 3, 4]
+        for g, e in zip(got, one):
+            assert g["loss"] == pytest.approx(e["loss"], rel=1e-5, abs=1e-6), (rank, g["step"])
+            assert [m["tokens_per_expert"] for m in g["moe_layers"]] == \
+                [m["tokens_per_expert"] for m in e["moe_layers"]], (rank, g["step"])
