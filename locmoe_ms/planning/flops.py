@@ -9,7 +9,7 @@ unit beside the matmuls and are a few percent of them at h = 5120.
 Forward, global step:
   attention   8*T*h^2 (q, k, v, out) + 4*T*S*h (scores, context; the causal mask is applied, not skipped)
   dense FFN   4*T*h*f
-  experts     4*h*f * E*G*C   (every capacity slot, filled or not: static shapes)
+  experts     4*h*f * E*G*C*k (every capacity slot, filled or not: static shapes; k micro-batches)
   gate        GrAP (locmoe) and dense (switch) both 2*T*h*E as one matmul; hash and rre none
   LM head     2*T*h*V (tied embedding)
 Recompute (model.recompute) runs every block's forward again in the backward pass, not the head.
@@ -30,10 +30,11 @@ class OpFlops:
 
 
 def capacity_of(cfg: Config) -> int:
-    """Slots per (token group, expert) for the config's global batch, as MoELayer fixes them."""
+    """Slots per (token group, expert) for one micro-batch of the global batch (train.micro_batches; the whole
+    batch when 1), as MoELayer fixes them."""
     par = cfg.parallel_config
     groups = par.nodes * par.devices_per_node // par.model_parallel
-    return group_capacity(cfg.train.batch_size * cfg.model.seq_length // groups, cfg.moe_config, par.expert_parallel)
+    return group_capacity(cfg.micro_batch_size * cfg.model.seq_length // groups, cfg.moe_config, par.expert_parallel)
 
 
 def step_ops(cfg: Config) -> dict[str, OpFlops]:
@@ -45,7 +46,7 @@ def step_ops(cfg: Config) -> dict[str, OpFlops]:
     dense = m.num_layers - sparse + 1  # dense blocks and the top query layer
     blocks = m.num_layers + 1
     groups = par.nodes * par.devices_per_node // par.model_parallel
-    slots = e * groups * capacity_of(cfg)
+    slots = e * groups * capacity_of(cfg) * cfg.train.micro_batches  # every micro-batch fills its own slots
     gate = ROUTER_GATES[moe.router]
     gate_forward = 2.0 * t * h * e * sparse if gate else 0.0
     return {

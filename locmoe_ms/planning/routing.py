@@ -50,6 +50,9 @@ def read_trace(path: str | Path, steps: str | None = None) -> Trace:
         config = config_from_dict(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserInputError(f"--trace {path}: not a locmoe-train metrics.jsonl ({err})") from None
+    if config.train.micro_batches > 1:  # its token counts add up a step's micro-batches: their fills are not kept
+        raise UserInputError(f"--trace {path}: recorded with train.micro_batches = {config.train.micro_batches}; "
+                             f"a trace needs a run with micro_batches 1 (the per-micro-batch fills)")
     records = [r for r in records if r.get("moe_layers")]
     if not records:
         raise UserInputError(f"--trace {path}: no step with MoE layers")
@@ -73,7 +76,8 @@ def same_cluster(trace: Config, target: Config) -> bool:
     from locmoe_ms.planning.flops import capacity_of
     keys = ("nodes", "devices_per_node", "model_parallel", "expert_parallel")
     return all(getattr(trace.parallel_config, k) == getattr(target.parallel_config, k) for k in keys) and \
-        trace.train.batch_size * trace.model.seq_length == target.train.batch_size * target.model.seq_length and \
+        trace.micro_batch_size * trace.model.seq_length == target.micro_batch_size * target.model.seq_length and \
+        trace.train.micro_batches == target.train.micro_batches and \
         capacity_of(trace) == capacity_of(target)
 
 
@@ -131,7 +135,7 @@ def trace_routing(trace: Trace, cfg: Config, capacity: int) -> Routing:
         return Routing(fills, loads, trace.label + ", per token group as recorded")
     source = Topology.from_config(trace.config)
     target = Topology.from_config(cfg)
-    tokens = cfg.train.batch_size * cfg.model.seq_length / target.token_groups
+    tokens = cfg.micro_batch_size * cfg.model.seq_length / target.token_groups
     f_source = float(_local_fraction(source).mean())
     trace_layers = len(trace.records[0]["moe_layers"])
     loads = []
@@ -151,7 +155,7 @@ def synthetic_routing(cfg: Config, capacity: int, zipf: float, local_share: floa
     shares = 1.0 / np.arange(1, e + 1) ** zipf
     topo = Topology.from_config(cfg)
     loads = biased_loads(shares / shares.sum(), None, local_share, topo,
-                         cfg.train.batch_size * cfg.model.seq_length / topo.token_groups)
+                         cfg.micro_batch_size * cfg.model.seq_length / topo.token_groups)
     layers = len(cfg.model.sparse_layers)
     what = "uniform" if zipf == 0 else f"Zipf s={zipf}"
     where = "no locality bias" if local_share is None else f"local share {local_share}"

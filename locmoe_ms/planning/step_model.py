@@ -25,7 +25,6 @@ from locmoe_ms.planning.flops import capacity_of, op_total, parameter_counts, st
 from locmoe_ms.planning.hardware import KINDS, Hardware
 from locmoe_ms.planning.routing import Routing
 from locmoe_ms.config import Config
-from locmoe_ms.errors import UserInputError
 from locmoe_ms.parallel.exchange import all_gather_rows, all_to_all_rows, exchange_terms
 from locmoe_ms.parallel.topology import Topology
 
@@ -99,18 +98,15 @@ class Breakdown:
 
 
 def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
-    if cfg.train.micro_batches > 1:
-        raise UserInputError(f"train.micro_batches = {cfg.train.micro_batches}: the step-time model covers one "
-                             f"batch per update; model one micro-batch: --set train.micro_batches=1 --set "
-                             f"train.batch_size={cfg.micro_batch_size}")
     m, par = cfg.model, cfg.parallel_config
+    micro = cfg.train.micro_batches  # the exchange and the tensor-parallel sums run once per micro-batch
     topo = Topology.from_config(cfg)
     world = topo.world
     rate = hw.peak_flops * hw.efficiency
     ops = step_ops(cfg)
     flops = sum(op_total(op, m.recompute) for op in ops.values()) / world
     passes = 3 if m.recompute else 2
-    expert_forward = ops["experts"].forward / len(m.sparse_layers) / world / rate   # one layer, one pass
+    expert_forward = ops["experts"].forward / len(m.sparse_layers) / world / rate / micro  # one layer, pass, micro
     chunks = max(1, min(par.exchange_chunks, capacity_of(cfg)))
     a2a_total = ag_total = exposed = 0.0
     worst = {}
@@ -130,14 +126,14 @@ def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
         for compute_scale in (1, 2) + ((1,) if m.recompute else ()):  # forward, backward, recompute
             compute = expert_forward * compute_scale
             a, b = exchange / chunks, compute / chunks
-            exposed += chunks * max(a, b) + min(a, b) - compute
-        a2a_total += slowest[0] * passes
-        ag_total += slowest[1] * passes
-    tokens_per_group = cfg.train.batch_size * m.seq_length / topo.token_groups
+            exposed += (chunks * max(a, b) + min(a, b) - compute) * micro
+        a2a_total += slowest[0] * passes * micro
+        ag_total += slowest[1] * passes * micro
+    tokens_per_group = cfg.micro_batch_size * m.seq_length / topo.token_groups
     activation = tokens_per_group * m.hidden_size * ACTIVATION_BYTES[m.compute_dtype]
     sparse = len(m.sparse_layers)
     all_reduces = 2 * (m.num_layers - sparse + 1) + sparse        # attention and FFN of dense blocks, attention
-    tp = passes * all_reduces * _ring_all_reduce(hw, world, activation, topo.model_parallel, 1)
+    tp = passes * all_reduces * micro * _ring_all_reduce(hw, world, activation, topo.model_parallel, 1)
     dense_params, expert_params = parameter_counts(cfg)
     data_group, replicas = topo.data_group(0), topo.token_groups // topo.expert_parallel
     expert_group = tuple(r for r in data_group if topo.expert_block(r) == topo.expert_block(0))

@@ -135,3 +135,23 @@ def test_a_trace_of_the_same_expert_count_runs(tmp_path):
     assert result["step"] > result["compute"] > 0 and "scaled" in result["routing"]
     assert np.isclose(result["step"], result["compute"] + result["exchange_exposed"] + result["tensor_parallel"]
                       + result["gradient_all_reduce"])
+
+
+def test_micro_batches_repeat_the_micro_step_and_reduce_gradients_once():
+    """train.micro_batches 16 of 32 sequences on pangu_sigma_128n: compute, the expert exchange and the
+    tensor-parallel sums are 16 times those of one batch of 32 (each micro-batch runs them), the data-parallel
+    gradient All-Reduce is that of one batch (once per update), and a layer's bytes are one micro-batch's."""
+    from locmoe_ms.config import load_config
+    from locmoe_ms.planning.hardware import load_hardware
+    from locmoe_ms.planning.routing import synthetic_routing
+    from locmoe_ms.planning.step_model import step_time
+
+    hw, config = load_hardware(), ROOT / "model_configs" / "pangu_sigma_128n.yaml"
+    one = load_config(config, ["train.batch_size=32"])
+    micro = load_config(config, ["train.batch_size=512", "train.micro_batches=16"])
+    assert capacity_of(one) == capacity_of(micro) == 160
+    a = step_time(one, synthetic_routing(one, 160, 1.0, None), hw)
+    b = step_time(micro, synthetic_routing(micro, 160, 1.0, None), hw)
+    for part in ("compute", "expert_compute", "all_to_all", "all_gather", "exchange_exposed", "tensor_parallel"):
+        assert getattr(b, part) == pytest.approx(16 * getattr(a, part), rel=1e-9), part
+    assert b.gradient_all_reduce == a.gradient_all_reduce and b.bytes_per_layer == a.bytes_per_layer
