@@ -117,6 +117,26 @@ show_launch() {
     printf '\n'
 }
 
+# What every Ascend rank checks at start-up, checked here before any rank starts: CONFIG with the ranks' overrides
+# (the --set options among the locmoe-train arguments ARGS, then the two the launchers give last), the memory plan
+# included (train.device_target ascend). FLAGS (--rank-table FILE) go to locmoe-check-config as well.
+# usage: check_ascend_config CONFIG [FLAGS ...] -- [ARGS ...]; a problem is one line and exit 2.
+check_ascend_config() {
+    local config=$1 flags=() sets=() i
+    shift
+    while (($#)) && [[ $1 != -- ]]; do flags+=("$1"); shift; done
+    (($#)) && shift
+    local args=("$@")
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case ${args[i]} in
+            --set) sets+=("${args[@]:i:2}"); i=$((i + 1)) ;;  # "--set" alone: check-config's one line says so
+            --set=*) sets+=("${args[i]}") ;;
+        esac
+    done
+    "$PYTHON" -m locmoe_ms check-config "$config" --quiet "${flags[@]}" "${sets[@]}" \
+        --set parallel_config.communicator=hccl --set train.device_target=ascend || exit 2
+}
+
 # run_msrun WORKER_NUM LOCAL_WORKER_NUM MASTER_ADDR MASTER_PORT NODE_RANK LOG_DIR TRAIN_ARGS...: msrun starts this
 # node's ranks, each `python locmoe_ms/cli.py TRAIN_ARGS` (msrun runs a script path with `python` from PATH), and
 # waits for all of them. --dry-run lists the msrun command and each rank with the environment msrun gives it:

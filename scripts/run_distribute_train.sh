@@ -42,17 +42,7 @@ need_int RANK_START "$start" 0
 need_file CONFIG "$2"
 need_command "$PYTHON" "set PYTHON to the interpreter that has MindSpore"
 "$PYTHON" "$ROOT/tools/check_rank_table.py" "$1" >/dev/null || exit 2  # its problems: one line each
-# What every rank checks at start-up, checked here first: the config with the ranks' overrides (the --set options
-# among the locmoe-train arguments, then the two the ranks get last) and that it describes the table.
-sets=()
-for ((i = 0; i < ${#extra[@]}; i++)); do
-    case ${extra[i]} in
-        --set) sets+=("${extra[@]:i:2}"); i=$((i + 1)) ;;  # "--set" alone: check-config's one line says so
-        --set=*) sets+=("${extra[i]}") ;;
-    esac
-done
-"$PYTHON" -m locmoe_ms check-config "$2" --quiet --rank-table "$1" "${sets[@]}" --set parallel_config.communicator=hccl \
-    --set train.device_target=ascend || exit 2  # its problem: one line
+check_ascend_config "$2" --rank-table "$1" -- "${extra[@]}"  # and that the config describes the table
 table=$(absolute "$1") config=$(absolute "$2") out_root=$(absolute "$out_root")
 
 # The table's size, then "rank device_id" for each rank to start here.

@@ -18,7 +18,8 @@
 #                     ("rank R: ..."), start nothing
 #   -- args           passed to locmoe-train (--max-steps N, --resume, --set section.key=value, ...)
 #
-# Runs `--set parallel_config.communicator=hccl --set train.device_target=ascend`. Environment: CLUSTER_TIME_OUT
+# Checks the config as every rank would (locmoe-check-config, the memory plan included), then runs `--set
+# parallel_config.communicator=hccl --set train.device_target=ascend`. Environment: CLUSTER_TIME_OUT
 # (seconds for all ranks to join, default 300), PYTHON (default python3, used for checks only: msrun starts the ranks with `python` from PATH).
 set -euo pipefail
 # shellcheck source=common.sh source-path=SCRIPTDIR
@@ -47,6 +48,7 @@ if ((workers > local_workers)) && [[ $addr == 127.* || $addr == localhost ]]; th
         "server with NODE_RANK 0 that every server can reach"
 fi
 need_command "$PYTHON" "set PYTHON to the interpreter that has MindSpore"
+check_ascend_config "$config" -- "${extra[@]}"
 
 run_msrun "$workers" "$local_workers" "$addr" "$port" "$node" "$output/msrun_log" \
     --config "$config" "${extra[@]}" --output-dir "$output" --set parallel_config.communicator=hccl \

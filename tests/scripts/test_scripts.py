@@ -284,13 +284,16 @@ def test_distribute_checks_the_config_with_the_overrides(tmp_path, files, record
         "--output-dir", rank_dir, *ASCEND]
 
 
-def test_distribute_refuses_a_config_that_does_not_fit_before_any_rank(tmp_path, files, records):
+@pytest.mark.parametrize("script, args", [("run_distribute_train.sh", ["{table}", "{table_cfg}"]),
+                                          ("run_msrun_train.sh", ["{table_cfg}", "16", "8", "10.0.0.1"])])
+def test_ascend_launchers_refuse_a_config_that_does_not_fit_before_any_rank(tmp_path, files, records, script, args):
     """The check applies the memory plan (the ranks run on Ascend): a 60M-token vocabulary makes the 2 x 8 job's
     weights, gradients and moments alone 30.7 GB a device, past the 910A's 28.8 usable. One line, exit 2, no
     rank started, nothing written."""
     before = tree(tmp_path)
-    out = launch("run_distribute_train.sh", files["table"], files["table_cfg"], "--dry-run", "--", "--set",
-                 "model.vocab_size=60000000", cwd=tmp_path, files=files, records=records, timeout=120)
+    args = [files[a[1:-1]] if a.startswith("{") else a for a in args]
+    out = launch(script, *args, "--dry-run", "--", "--set", "model.vocab_size=60000000", cwd=tmp_path,
+                 files=files, records=records, timeout=120)
     assert out.returncode == 2 and out.stdout == "", out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and f"{files['table_cfg']}: needs " in lines[0] and "usable on ascend910a" in lines[0]
