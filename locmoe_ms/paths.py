@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from locmoe_ms.errors import UserInputError
@@ -34,7 +35,8 @@ def input_dir(path: str | Path, label: str = "", what: str = "directory") -> Pat
 
 
 def _writable_ancestor(path: Path, name: str) -> None:
-    """The nearest existing ancestor of `path` (or `path` itself) is a writable directory."""
+    """The nearest existing ancestor of `path` (or `path` itself) is a directory where a directory can be made (a
+    probe made and removed at once: nothing is left behind)."""
     ancestor = path.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -42,11 +44,16 @@ def _writable_ancestor(path: Path, name: str) -> None:
         raise UserInputError(f"{name}: {ancestor} is a file, so nothing can be written under it")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserInputError(f"{name}: {ancestor} is not writable")
+    try:  # a virtual or read-only filesystem passes access() for root and still refuses to create anything
+        probe = tempfile.mkdtemp(prefix=".locmoe_probe_", dir=ancestor)
+    except OSError as err:
+        raise UserInputError(f"{name}: nothing can be created under {ancestor} ({err.strerror})") from None
+    os.rmdir(probe)
 
 
 def output_dir(path: str | Path, label: str = "") -> Path:
     """A directory to write into: an existing directory, or a path whose nearest existing ancestor is a writable
-    directory (created later by the writer). Nothing is created here."""
+    directory (created later by the writer). Nothing is left here."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserInputError(f"{_name(label, path)}: is a file; expected a directory to write into")
