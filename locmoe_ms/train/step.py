@@ -92,7 +92,8 @@ class TrainStep(nn.Cell):
         self.optimizer = optimizer
         self.grad_clip = train.grad_clip
         self.micro_batches = train.micro_batches
-        self.micro_sums = getattr(loss_net, "MICRO_BATCH_SUMS", ())
+        # which outputs add up over micro-batches (the loss network says; the others are averaged)
+        self.micro_sums = loss_net.MICRO_BATCH_SUMS if self.micro_batches > 1 else ()
         self.distributed = placement is not None and placement.distributed
         params = list(optimizer.parameters)
         self.reducer = GradientReducer(params, placement) if self.distributed else None
