@@ -36,7 +36,7 @@ def input_dir(path: str | Path, label: str = "", what: str = "directory") -> Pat
 
 def _writable_ancestor(path: Path, name: str) -> None:
     """The nearest existing ancestor of `path` (or `path` itself) is a directory where a directory can be made (a
-    probe made and removed at once: nothing is left behind)."""
+    probe made and removed at once, the directory's times restored: nothing is left behind)."""
     ancestor = path.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -44,11 +44,16 @@ def _writable_ancestor(path: Path, name: str) -> None:
         raise UserInputError(f"{name}: {ancestor} is a file, so nothing can be written under it")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserInputError(f"{name}: {ancestor} is not writable")
+    times = ancestor.stat()
     try:  # a virtual or read-only filesystem passes access() for root and still refuses to create anything
         probe = tempfile.mkdtemp(prefix=".locmoe_probe_", dir=ancestor)
     except OSError as err:
         raise UserInputError(f"{name}: nothing can be created under {ancestor} ({err.strerror})") from None
     os.rmdir(probe)
+    try:
+        os.utime(ancestor, ns=(times.st_atime_ns, times.st_mtime_ns))  # the directory as it was
+    except OSError:  # a directory of another owner: its times stay moved, nothing else is
+        pass
 
 
 def output_dir(path: str | Path, label: str = "") -> Path:
