@@ -216,6 +216,11 @@ def _assert_only_listed_redistributions(code: int, out: str, result: dict) -> No
     assert sum(row[4] for row in result["gathered"]) >= len(gathered), out  # each a small router statistic
 
 
+# one of pangu_sigma_64n's 16 micro-batches (2 sequences per data-parallel group): all 16 compile as 16 copies of
+# the model's graph, 400 s at 2 blocks on 2 cores against 22 s for one
+ONE_MICRO_BATCH_64N = ["--set", "train.batch_size=16", "--set", "train.micro_batches=1"]
+
+
 def test_pangu_64n_with_two_expert_copies_has_no_unlisted_redistribution(cann_stub, tmp_path):
     """pangu_sigma_64n cut to 2 layers and sequence 256, as README's dry-run command, with expert_parallel 4: dp 8,
     mp 8, ep 4, so every expert has dp / ep = 2 copies, as in pangu_sigma_256n (dp 32, ep 16), at a quarter of its
@@ -223,7 +228,8 @@ def test_pangu_64n_with_two_expert_copies_has_no_unlisted_redistribution(cann_st
     [E, G*C, f] activation over mp and ep. Rank 45 is in the second copy (edp 1, ep 1, mp 5)."""
     code, out, result = dryrun(cann_stub, tmp_path, "--mode", "auto", "--rank", "45", "--set", "model.num_layers=2",
                                "--set", "model.sparse_layers=[1]", "--set", "model.seq_length=256",
-                               "--set", "parallel_config.expert_parallel=4", config="model_configs/pangu_sigma_64n.yaml")
+                               "--set", "parallel_config.expert_parallel=4", *ONE_MICRO_BATCH_64N,
+                               config="model_configs/pangu_sigma_64n.yaml")
     assert result is not None and result["compiled"], out
     _assert_only_listed_redistributions(code, out, result)
     exchange = [(c["op"], c["ranks"]) for c in result["collectives"] if "layouts-GroupwiseLayouts" in c["scope"]
@@ -281,7 +287,8 @@ def test_auto_mode_256_devices_keeps_topology_rank_order(cann_stub, tmp_path):
     code, out, result = dryrun(cann_stub, tmp_path, "--mode", "auto", "--rank", "130", "--step", "forward",
                                "--set", "model.num_layers=2", "--set", "model.sparse_layers=[1]",
                                "--set", "model.seq_length=256", "--set", "model.vocab_size=4096",
-                               "--set", "data.vocab_limit=4096", config="model_configs/pangu_sigma_256n.yaml")
+                               "--set", "data.vocab_limit=4096", "--set", "train.batch_size=64",
+                               "--set", "train.micro_batches=1", config="model_configs/pangu_sigma_256n.yaml")
     assert result is not None and result["compiled"], out
     exchange = _exchange(result, 1)
     ep_group, tp_group = list(range(130, 256, 8)), list(range(128, 136))
@@ -296,7 +303,7 @@ def test_auto_mode_256_devices_keeps_topology_rank_order(cann_stub, tmp_path):
 # the parallel optimizer (parallel_config.optimizer_shard) and the memory plan's static bytes
 OPT = ["--set", "parallel_config.optimizer_shard=true"]
 PANGU_CUT = ["--mode", "auto", "--set", "model.num_layers=2", "--set", "model.sparse_layers=[1]",
-             "--set", "model.seq_length=256"]
+             "--set", "model.seq_length=256", *ONE_MICRO_BATCH_64N]
 
 
 def _config_of(config: str, args: list[str]):

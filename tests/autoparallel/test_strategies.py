@@ -27,7 +27,7 @@ def setup(name):
 
 
 @pytest.mark.parametrize("name, nodes, dp, ep, batch", [
-    ("pangu_sigma_64n", 8, 8, 8, 16), ("pangu_sigma_128n", 16, 16, 16, 32), ("pangu_sigma_256n", 32, 32, 16, 64)])
+    ("pangu_sigma_64n", 8, 8, 8, 256), ("pangu_sigma_128n", 16, 16, 16, 512), ("pangu_sigma_256n", 32, 32, 16, 1024)])
 def test_pangu_configs_follow_table_1(name, nodes, dp, ep, batch):
     cfg = config(name)
     m, par = cfg.model, cfg.parallel_config
@@ -35,7 +35,9 @@ def test_pangu_configs_follow_table_1(name, nodes, dp, ep, batch):
     assert (cfg.moe_config.expert_num, par.model_parallel, par.communicator) == (16, 8, "hccl")
     assert (par.nodes, par.devices_per_node, par.data_parallel, par.expert_parallel) == (nodes, 8, dp, ep)
     assert cfg.virtual_devices == nodes * 8 == dp * par.model_parallel
-    assert cfg.train.batch_size == batch and checks.tensor_sizes(cfg, ParallelSizes(dp, 8, ep))["C"] == 160
+    # Table 1's batch_size 32 per data-parallel group, run as 16 micro-batches of 2 sequences per group
+    assert cfg.train.batch_size == batch == 32 * dp and cfg.train.micro_batches == 16
+    assert cfg.micro_batch_size == 2 * dp and checks.tensor_sizes(cfg, ParallelSizes(dp, 8, ep))["C"] == 160
 
 
 def test_exact_strategies_64_devices():
@@ -209,7 +211,7 @@ MP4 = ["parallel_config.model_parallel=4", "parallel_config.data_parallel=16"]
     ((8, 8, 8), ["model.num_heads=20", *MP4], "model.num_heads = 20: must be divisible by parallel_config.model_parallel (8)"),
     ((8, 8, 8), ["model.ffn_hidden_size=20484", *MP4],
      "model.ffn_hidden_size = 20484: must be divisible by parallel_config.model_parallel (8)"),
-    ((16, 4, 16), ["train.batch_size=8"], "train.batch_size = 8: must be divisible by parallel_config.data_parallel (16)"),
+    ((16, 4, 16), ["train.batch_size=8", "train.micro_batches=1"], "train.batch_size = 8: must be divisible by parallel_config.data_parallel (16)"),
     # (loaded in explicit mode, which has no capacity rule; the strategies are auto mode's)
     ((8, 8, 8), ["moe_config.capacity_factor=1.1", "parallel_config.mode=explicit",
                  "parallel_config.optimizer_shard=false"],

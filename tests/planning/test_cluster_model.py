@@ -147,7 +147,7 @@ def test_micro_batches_repeat_the_micro_step_and_reduce_gradients_once():
     from locmoe_ms.planning.step_model import step_time
 
     hw, config = load_hardware(), ROOT / "model_configs" / "pangu_sigma_128n.yaml"
-    one = load_config(config, ["train.batch_size=32"])
+    one = load_config(config, ["train.batch_size=32", "train.micro_batches=1"])
     micro = load_config(config, ["train.batch_size=512", "train.micro_batches=16"])
     assert capacity_of(one) == capacity_of(micro) == 160
     a = step_time(one, synthetic_routing(one, 160, 1.0, None), hw)

@@ -19,11 +19,12 @@ PANGU_64N = str(ROOT / "model_configs" / "pangu_sigma_64n.yaml")
 
 
 def test_activation_terms_equal_a_hand_count_for_pangu_64n():
-    """pangu_sigma_64n: batch 16 over dp 8 = 2 sequences of 1024 per device, h 5120, f 20480 (ffn_hidden_size),
+    """pangu_sigma_64n: batch 256 in 16 micro-batches, a micro-batch of 16 over dp 8 = 2 sequences of 1024 per device, h 5120, f 20480 (ffn_hidden_size),
     40 heads, mp 8, 16 experts, ep 8, capacity 160 per (group, expert), 40 blocks of which 8 sparse, recompute on,
     vocabulary 50304 split over mp (auto mode)."""
     cfg = load_config(PANGU_64N)
-    assert (cfg.train.batch_size, cfg.model.ffn_hidden_size, cfg.model.num_layers) == (16, 20480, 40)
+    assert (cfg.train.batch_size, cfg.train.micro_batches, cfg.model.ffn_hidden_size, cfg.model.num_layers) == (
+        256, 16, 20480, 40)
     t, h, f, heads, s = 2048, 5120, 20480, 40, 1024
     c, e = 160, 16
     attention = t * h + 6 * (t * h // 8) + 2 * 2 * (heads // 8) * s * s + 2 * (t * h // 8) + t * h
