@@ -11,17 +11,18 @@ from locmoe_ms.train.build import Training, build_explicit_training
 from locmoe_ms.train.device import set_context
 
 
-def build_training(cfg: Config, init_from: Path | None = None) -> Training:
-    """This process's model and train step for cfg.parallel_config.mode (`init_from`: starting model weights)."""
+def build_training(cfg: Config, init_from: Path | None = None, output_dir: Path | None = None) -> Training:
+    """This process's model and train step for cfg.parallel_config.mode (`init_from`: starting model weights;
+    `output_dir`: the run's directory, where auto mode keeps each rank's strategy checkpoint)."""
     if cfg.parallel_config.mode == "auto":
         from locmoe_ms.autoparallel.build import build_auto_training  # Ascend only
 
-        return build_auto_training(cfg, init_from)
+        return build_auto_training(cfg, init_from, output_dir)
     return build_explicit_training(cfg, init_from)
 
 
 def train(cfg: Config, output_dir: Path, resume: bool = False, init_from: Path | None = None) -> dict:
     """Run training to cfg.train.max_steps; returns the final summary (also printed and logged)."""
     device = set_context(cfg)
-    training = build_training(cfg, init_from)
+    training = build_training(cfg, init_from, output_dir)
     return loop.run(cfg, training, device, output_dir, resume, init_from)

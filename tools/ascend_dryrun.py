@@ -32,6 +32,7 @@ from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input 
 
 BUILD_TOOLS = ("gcc", "g++", "nm", "readelf")
 CHILD_FLAG = "--_child"
+BAD_INPUT = "bad input: "
 
 
 def parse_args(argv: list[str] | None):
@@ -49,6 +50,13 @@ def parse_args(argv: list[str] | None):
                         help="train: the train step (gradients, optimizer, loss scale); forward: the loss network")
     parser.add_argument("--stub-dir", help="stand-in CANN libraries (default: built once into the cache)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the compile (default 900)")
+    parser.add_argument("--output-dir", help="the job's output directory: auto mode writes the strategy checkpoint "
+                        "to OUTPUT/rank_R/strategy.ckpt, as locmoe-train does (default: a temporary directory)")
+    parser.add_argument("--init-from", help="start from this full checkpoint's model weights (as locmoe-train)")
+    parser.add_argument("--save-checkpoint", action="store_true", help="after the compile, save this rank's "
+                        "checkpoint (auto mode: its slices) as step 0 into --output-dir, as locmoe-train saves")
+    parser.add_argument("--resume", action="store_true", help="load this rank's newest checkpoint from "
+                        "--output-dir into the compiled train step, as locmoe-train --resume does")
     parser.add_argument(CHILD_FLAG, dest="child", help=argparse.SUPPRESS)  # internal: the compiling child
     return parser.parse_args(argv)
 
@@ -124,7 +132,7 @@ def child(args) -> None:
         result.update(compile_step(args))
         result["compiled"] = True
     except UserInputError as err:
-        result["error"] = f"bad input: {err}"
+        result["error"] = f"{BAD_INPUT}{err}"
     except Exception as err:  # noqa: BLE001 - MindSpore's compile errors are the evidence
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         result["error"] = f"{type(err).__name__}: {lines[0][:600] if lines else ''}"
@@ -160,27 +168,42 @@ def compile_step(args) -> dict:
     cfg = load(args)
     _dry_run_init()
     from locmoe_ms.job import build_training
+    from locmoe_ms.train import checkpoint
+    from locmoe_ms.train.loop import save_training, start_training
 
     ms.set_context(device_target="Ascend", mode=ms.GRAPH_MODE)
     ms.set_seed(cfg.train.seed)
     began = time.perf_counter()
-    training = build_training(cfg)
-    strategy = str(Path(args.child).with_suffix(".strategy.ckpt"))
-    if cfg.parallel_config.mode == "auto":
-        ms.set_auto_parallel_context(strategy_ckpt_config={"save_file": strategy, "only_trainable_params": False})
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.child).parent / "output"
+    training = build_training(cfg, Path(args.init_from) if args.init_from else None, output_dir)
+    rank_dir = checkpoint.rank_dir(output_dir, training.rank)
     rows = training.rows
     batch = len(range(*rows.indices(cfg.train.batch_size)))
     inputs = [Tensor(np.zeros((batch, cfg.model.seq_length + 1), np.int32)), Tensor(np.zeros((batch,), np.int32))]
     net = training.loss_net
     shapes = {p.name: list(p.shape) for p in net.trainable_params()}
     full_shapes = {p.name: list(p.shape) for p in net.get_parameters()}  # before the compile slices them
-    if args.step == "train":
-        net = training.step
-        inputs.append(Tensor(0.0, ms.float32))  # TrainStep's injected overflow: none
     build_s = time.perf_counter() - began
     began = time.perf_counter()
-    _cell_graph_executor.compile(net, *inputs, phase="train" if args.step == "train" else "eval")
-    out = {"build_s": build_s, "compile_s": time.perf_counter() - began, "rank": args.rank,
+    resumed = None
+    if args.step == "train":  # as locmoe-train starts (train/loop.py start), --resume included
+        net = training.step
+        if args.resume:
+            found = checkpoint.list_checkpoints(rank_dir / "checkpoints")
+            if not found:
+                raise UserInputError(f"--resume: no checkpoint in {rank_dir / 'checkpoints'}")
+            resumed = str(found[-1])
+        start_training(cfg, training, Path(resumed) if resumed else None)
+        training.compile(cfg)  # explicit mode: its first step compiles it
+    else:
+        _cell_graph_executor.compile(net, *inputs, phase="eval")
+    compile_s = time.perf_counter() - began
+    saved = None
+    if args.save_checkpoint:
+        saved = str(save_training(training, rank_dir / "checkpoints", 0, {"config_json": json.dumps(cfg.to_dict())},
+                                  cfg.train.keep_checkpoints))
+    strategy = str(training.strategy_file) if training.strategy_file else ""
+    out = {"build_s": build_s, "saved": saved, "resumed": resumed, "strategy_file": strategy, "compile_s": compile_s, "rank": args.rank,
            "devices": cfg.virtual_devices, "mode": cfg.parallel_config.mode, "step": args.step, "rows": list(rows.indices(cfg.train.batch_size)[:2]),
            "shapes": shapes, "full_shapes": full_shapes,
            "layouts": {k: [list(v[0]), [list(m) if isinstance(m, (list, tuple)) else m for m in v[1]], list(v[2])]
@@ -188,7 +211,7 @@ def compile_step(args) -> dict:
            # the parallel optimizer's shard group of each entry it splits (layout[5]; '' elsewhere)
            "opt_shard_groups": {k: v[5] for k, v in net.parameter_layout_dict.items() if len(v) > 5 and v[5]},
            "stored_shapes": {p.name: list(p.shape) for p in net.get_parameters()}}
-    if Path(strategy).is_file():
+    if strategy and Path(strategy).is_file():
         from mindspore.parallel import build_searched_strategy
 
         out["strategy_ckpt"] = {k: {"dev_matrix": list(v.dev_matrix[0].dim), "tensor_map": list(v.tensor_map[0].dim),
@@ -328,14 +351,32 @@ def report(cfg, result: dict, evidence: dict, problems: list[str]) -> None:
         print(f"  - {p}")
 
 
+def _check_checkpoint_flags(args) -> None:
+    """--save-checkpoint and --resume work in --output-dir on the train step; --init-from names a file."""
+    for flag, on in (("--save-checkpoint", args.save_checkpoint), ("--resume", args.resume)):
+        if on and not args.output_dir:
+            raise UserInputError(f"{flag}: needs --output-dir (where the job's checkpoints are)")
+        if on and args.step != "train":
+            raise UserInputError(f"{flag}: checkpoints hold the train step; drop --step {args.step}")
+    if args.init_from:
+        from locmoe_ms.paths import input_file
+        input_file(args.init_from, what="checkpoint")
+    if args.output_dir:
+        from locmoe_ms.paths import output_dir
+        output_dir(args.output_dir, "--output-dir")
+
+
 @exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         child(args)
     cfg = load(args)
+    _check_checkpoint_flags(args)
     lib = stub_dir(args.stub_dir)
     result, ir_dir = run_child(args, cfg, lib)
+    if str(result.get("error", "")).startswith(BAD_INPUT):  # e.g. --resume of another job's checkpoint
+        raise UserInputError(result["error"][len(BAD_INPUT):])
     if not result.get("compiled"):
         print(f"compile failed ({cfg.virtual_devices} devices, rank {args.rank}): {result.get('error')}")
         if args.json:

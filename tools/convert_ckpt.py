@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Convert locmoe-train checkpoints: inspect, change format, merge or split per-rank shards, upcycle, reroute.
+"""Convert locmoe-train checkpoints: inspect, change format, merge, split or reshard per-rank shards, upcycle,
+reroute.
 
 Every command writes through a temporary file in the target directory and a rename, never over its input.
 Bad input (missing, truncated or corrupted file, wrong flag, inconsistent shards) ends in one line on stderr and
@@ -19,7 +20,7 @@ from locmoe_ms.ckpt.paths import (format_of, output_checkpoint, refuse_overwrite
                                   require_format)
 from locmoe_ms.config import ROUTER_GATES  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
-from locmoe_ms.paths import output_dir  # noqa: E402
+from locmoe_ms.paths import input_file, output_dir  # noqa: E402
 
 HELP = {
     "inspect": "Parameter names, shapes and dtypes; model parameter count (optimizer moments not counted), "
@@ -30,11 +31,20 @@ HELP = {
     "merge": "Per-rank shards of an expert/tensor-parallel run -> one full single-process checkpoint. Give every "
              "rank: rank_r/ directories (their newest checkpoints/step_*.ckpt, or --step N) or .ckpt files. Expert "
              "blocks are joined in expert-parallel order, tensor-parallel slices along their model axis; replicas "
-             "must be bit-identical. The config keeps the run's parallel_config as its virtual topology.",
+             "must be bit-identical. The config keeps the run's parallel_config as its virtual topology. Slices of "
+             "an auto-mode job are merged by MindSpore's transform under the job's strategy (rank 0's "
+             "strategy.ckpt, or --strategy).",
     "split": "A full checkpoint -> OUTPUT/rank_r/checkpoints/step_XXXXXXXX.ckpt for every rank r of --world W "
              "(default K*T, a multiple of K*T): rank r holds tensor-parallel slice r % T and expert block "
              "(r // T) % K; config_json's parallel_config becomes expert_parallel K, model_parallel T, "
-             "data_parallel W/T. `locmoe-train --output-dir OUTPUT --resume` under msrun finds the shards.",
+             "data_parallel W/T. `locmoe-train --output-dir OUTPUT --resume` under msrun finds the shards. "
+             "With --strategy FILE (an auto-mode job's strategy checkpoint: OUTPUT/rank_r/strategy.ckpt of a run, "
+             "or tools/ascend_dryrun.py --output-dir's) the slices of every rank of that job instead, made by "
+             "MindSpore's transform_checkpoint_by_rank, with the strategy beside each rank's checkpoints.",
+    "reshard": "An auto-mode job's rank slices (every rank_r/ directory) -> the slices of another job, whose "
+               "strategy checkpoint --strategy names (another device count, with or without the parallel "
+               "optimizer): MindSpore's transform_checkpoint_by_rank for each new rank, reading only the old "
+               "ranks it needs.",
     "upcycle": "A dense model (sparse_layers []) -> a sparse one: the FFN of each chosen layer copied into every "
                "expert, ln_ffn -> ln_moe, the gate as a fresh model of the new config starts; other parameters "
                "copied. The output holds model parameters only, at step 0. With router hash or rre (score 1) and "
@@ -72,10 +82,20 @@ def _merge(args) -> None:
         if not Path(item).exists():
             raise UserInputError(f"{item}: not found (a rank directory or a shard checkpoint)")
     output_checkpoint(args.output, args.inputs)
-    from locmoe_ms.ckpt import io
+    from locmoe_ms.ckpt import auto_slices, io
     from locmoe_ms.ckpt.shards import merge, shard_files
+    from locmoe_ms.train import checkpoint
     files = shard_files(args.inputs, args.step)
     refuse_overwrite(args.output, files)
+    if auto_slices.is_auto_slice(checkpoint.load(files[0])[1]):
+        if Path(args.output).suffix != ".ckpt":
+            raise UserInputError(f"--output {args.output}: merging auto-mode slices writes a .ckpt file")
+        meta = auto_slices.merge(files, Path(args.output), args.step, args.strategy and Path(args.strategy))
+        print(f"wrote {args.output}: {len(files)} auto-mode slices, step {meta['step']}")
+        return
+    if args.strategy:
+        raise UserInputError(f"--strategy {args.strategy}: only for auto-mode slices; {files[0]} is an "
+                             f"explicit-mode shard")
     params, meta = merge(files, args.step)
     print(f"wrote {io.write(args.output, params, meta)}: {len(files)} shards, step {meta['step']}")
 
@@ -83,10 +103,39 @@ def _merge(args) -> None:
 def _split(args) -> None:
     require_exists(args.full)
     output_dir(args.output, "--output")
+    if args.strategy:
+        require_exists_strategy(args.strategy)
+        if args.expert_parallel is not None or args.world is not None:
+            raise UserInputError("--strategy: the strategy gives the layout; drop --expert-parallel and --world")
+        from locmoe_ms.ckpt import auto_slices
+        targets = auto_slices.split(Path(args.full), Path(args.strategy), Path(args.output))
+        print(f"wrote {len(targets)} auto-mode slices: {targets[0]} ... {targets[-1]}")
+        return
+    if args.expert_parallel is None:
+        raise UserInputError("split: pass --expert-parallel K (explicit-mode shards) or --strategy FILE (auto-mode "
+                             "slices)")
     from locmoe_ms.ckpt.shards import split
     targets = split(Path(args.full), Path(args.output), args.expert_parallel, args.model_parallel, args.world,
                     args.whole_tensors)
     print(f"wrote {len(targets)} shards: {targets[0]} ... {targets[-1]}")
+
+
+def _reshard(args) -> None:
+    for item in args.inputs:
+        if not Path(item).exists():
+            raise UserInputError(f"{item}: not found (a rank directory or a slice checkpoint)")
+    require_exists_strategy(args.strategy)
+    output_dir(args.output, "--output")
+    from locmoe_ms.ckpt import auto_slices
+    from locmoe_ms.ckpt.shards import shard_files
+    files = shard_files(args.inputs, args.step)
+    targets = auto_slices.reshard(files, Path(args.strategy), Path(args.output), args.step,
+                                  args.source_strategy and Path(args.source_strategy))
+    print(f"wrote {len(targets)} auto-mode slices from {len(files)}: {targets[0]} ... {targets[-1]}")
+
+
+def require_exists_strategy(path: str) -> Path:
+    return input_file(path, what="strategy checkpoint")
 
 
 def _upcycle(args) -> None:
@@ -130,19 +179,30 @@ def _parser() -> ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="RANK_DIR_OR_CKPT", help="rank_r/ directory or shard .ckpt")
     p.add_argument("--output", required=True, help="the full checkpoint (.ckpt or .safetensors)")
     p.add_argument("--step", type=int, help="take step_N from every rank directory (default: the newest)")
+    p.add_argument("--strategy", help="auto-mode slices: the job's strategy checkpoint (default: rank 0's "
+                                      "strategy.ckpt)")
     p.set_defaults(run=_merge)
 
     p = sub.add_parser("split", help="one full checkpoint -> per-rank shards", description=HELP["split"])
     p.add_argument("full", help="full single-process checkpoint")
-    p.add_argument("--expert-parallel", type=int, required=True, metavar="K", help="must divide expert_num")
+    p.add_argument("--expert-parallel", type=int, metavar="K", help="must divide expert_num (explicit-mode shards)")
     p.add_argument("--model-parallel", type=int, default=1, metavar="T",
                    help="tensor-parallel size; must divide num_heads, ffn_hidden_size and hidden_size (default 1)")
     p.add_argument("--world", type=int, metavar="W", help="ranks (default K*T; a multiple of K*T)")
     p.add_argument("--whole-tensors", action="store_true",
                    help="keep tensors whole along the tensor-parallel axis (as ranks of the cpu communicator hold "
                         "them); by default each rank gets its 1/T slice")
+    p.add_argument("--strategy", metavar="FILE", help="an auto-mode job's strategy checkpoint: write its slices")
     p.add_argument("--output", required=True, metavar="DIR", help="run directory to create rank_r/ in")
     p.set_defaults(run=_split)
+
+    p = sub.add_parser("reshard", help="auto-mode slices -> another job's slices", description=HELP["reshard"])
+    p.add_argument("inputs", nargs="+", metavar="RANK_DIR_OR_CKPT", help="rank_r/ directory or slice .ckpt")
+    p.add_argument("--strategy", required=True, metavar="FILE", help="the new job's strategy checkpoint")
+    p.add_argument("--source-strategy", metavar="FILE", help="the old job's (default: rank 0's strategy.ckpt)")
+    p.add_argument("--step", type=int, help="take step_N from every rank directory (default: the newest)")
+    p.add_argument("--output", required=True, metavar="DIR", help="run directory to create rank_r/ in")
+    p.set_defaults(run=_reshard)
 
     p = sub.add_parser("upcycle", help="dense model -> sparse model with copied experts", description=HELP["upcycle"])
     p.add_argument("dense", help="checkpoint of a dense model (config with sparse_layers [])")

@@ -8,12 +8,13 @@ Compiled, never run, here: tools/ascend_dryrun.py --mode auto.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from mindspore import nn
 
 from locmoe_ms.autoparallel.apply import apply_shard_strategies
-from locmoe_ms.autoparallel.context import set_parallel_context
+from locmoe_ms.autoparallel.context import save_strategy, set_parallel_context
 from locmoe_ms.config import Config
 from locmoe_ms.layers import BiasAdd
 from locmoe_ms.model.loss import CrossEntropy, VocabParallelCrossEntropy
@@ -49,11 +50,11 @@ def use_autodiff(network: nn.Cell) -> list[str]:
     return replaced
 
 
-def build_auto_model(cfg, init_from: Path | None = None, strategy_file: str | None = None) -> tuple[nn.Cell, slice]:
+def build_auto_model(cfg, init_from: Path | None = None) -> tuple[nn.Cell, slice]:
     """Parallel context, the full-batch loss network with its shard strategies, and the rows of the global batch
     this rank feeds (all of them: full_batch). `init_from`: a checkpoint whose model weights to start from
-    (one-process names, full shapes; MindSpore slices them). `strategy_file`: save the strategy checkpoint there."""
-    set_parallel_context(cfg, strategy_file=strategy_file)
+    (one-process names, full shapes; MindSpore slices them)."""
+    set_parallel_context(cfg)
     loss_net = build_model(cfg)
     if init_from is not None:
         params, _ = checkpoint.load(init_from)
@@ -63,16 +64,24 @@ def build_auto_model(cfg, init_from: Path | None = None, strategy_file: str | No
     return loss_net, slice(None)
 
 
-def build_auto_training(cfg: Config, init_from: Path | None = None) -> Training:
+def build_auto_training(cfg: Config, init_from: Path | None = None, output_dir: Path | None = None) -> Training:
     """Collectives, model and train step of auto mode: one full-batch model sharded by MindSpore's auto-parallel;
-    the train step sums only the overflow flag over the world (MindSpore inserts every other collective)."""
+    the train step sums only the overflow flag over the world (MindSpore inserts every other collective).
+    MindSpore writes the job's strategy checkpoint into this rank's directory of `output_dir` at compile time
+    (a temporary directory without it); checkpoints are then this rank's slices."""
     from mindspore.communication import get_group_size, get_rank
 
     loss_net, rows = build_auto_model(cfg, init_from)
     rank, world = get_rank(), get_group_size()
+    if output_dir is None:
+        output_dir = Path(tempfile.mkdtemp(prefix="locmoe_strategy_"))
+    strategy = checkpoint.rank_dir(output_dir, rank) / checkpoint.STRATEGY_FILE
     optimizer = build_optimizer(loss_net.trainable_params(), cfg.train)
     step = TrainStep(loss_net, optimizer, cfg.train, world_sum=WorldAllReduce() if world > 1 else None)
     step.set_train(True)
-    return Training(loss_net, step, rows, rank, world, f"rank {rank} of {world} (auto-parallel)",
-                    {"rank": rank, "world_size": world},
-                    frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset(), cfg.train.micro_batches)
+    training = Training(loss_net, step, rows, rank, world, f"rank {rank} of {world} (auto-parallel)",
+                        {"rank": rank, "world_size": world, "mode": "auto"},
+                        frozenset(cfg.train.inject_overflow_steps) if rank == 0 else frozenset(),
+                        cfg.train.micro_batches, strategy)
+    save_strategy(training.compiling_strategy)
+    return training

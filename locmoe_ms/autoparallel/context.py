@@ -7,6 +7,7 @@ with the explicit exchange (parallel/exchange.py) under msrun.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from locmoe_ms.autoparallel.checks import validate
@@ -15,14 +16,13 @@ from locmoe_ms.autoparallel.slices import PARALLEL_OPTIMIZER_THRESHOLD_KB
 from locmoe_ms.errors import UserInputError
 
 
-def set_parallel_context(cfg, parallel_mode: str = "auto_parallel", strategy_file: str | None = None) -> ParallelSizes:
+def set_parallel_context(cfg, parallel_mode: str = "auto_parallel") -> ParallelSizes:
     """Initialise HCCL and MindSpore's auto-parallel context for cfg's parallel_config (Ascend only).
 
     "auto_parallel" uses sharding propagation from the layouts apply_shard_strategies sets; "semi_auto_parallel"
     needs a strategy on every op, which only cells owning their primitives can give. The graph takes the global
     batch on every rank (full_batch): the model's token groups, capacity and offsets are built for the global
-    batch, which a per-rank dataset strategy would rescale. `strategy_file`: where MindSpore saves the strategy
-    checkpoint (every parameter's layout) at compile time. parallel_config.optimizer_shard turns on MindSpore's
+    batch, which a per-rank dataset strategy would rescale. parallel_config.optimizer_shard turns on MindSpore's
     parallel optimizer (autoparallel/slices.py says what it splits)."""
     par = cfg.parallel_config
     if par.communicator != "hccl":
@@ -47,9 +47,16 @@ def set_parallel_context(cfg, parallel_mode: str = "auto_parallel", strategy_fil
     if par.optimizer_shard:  # the rule of autoparallel/slices.py, with its threshold set rather than defaulted
         ms.set_auto_parallel_context(enable_parallel_optimizer=True, parallel_optimizer_config={
             "parallel_optimizer_threshold": PARALLEL_OPTIMIZER_THRESHOLD_KB})
-    if strategy_file:
-        ms.set_auto_parallel_context(strategy_ckpt_config={"save_file": strategy_file, "only_trainable_params": False})
     return sizes
+
+
+def save_strategy(path: Path) -> None:
+    """MindSpore writes the strategy checkpoint to `path` when the graph compiles: every parameter's and optimizer
+    moment's layout, the parallel optimizer's split included, which its checkpoint transforms read."""
+    import mindspore as ms
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ms.set_auto_parallel_context(strategy_ckpt_config={"save_file": str(path), "only_trainable_params": False})
 
 
 def require_ascend(ms: Any) -> None:

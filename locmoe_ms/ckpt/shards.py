@@ -90,10 +90,10 @@ def shard_files(inputs: list[str], step: int | None) -> list[Path]:
     return files
 
 
-def _check_world(shards: list[Shard], step: int | None) -> dict[int, Shard]:
-    """Every input a shard of one run at one step, each rank of the world exactly once."""
+def check_world(shards: list[Shard], step: int | None, keys: tuple[str, ...] = io.WORLD_KEYS) -> dict[int, Shard]:
+    """Every input a shard of one run at one step (each recording `keys`), each rank of the world exactly once."""
     for path, _, meta in shards:
-        if any(key not in meta for key in io.WORLD_KEYS):
+        if any(key not in meta for key in keys):
             raise UserInputError(f"{path}: not a per-rank shard (no rank metadata); it is a full checkpoint already")
     first_path, _, first = shards[0]
     by_rank: dict[int, Shard] = {}
@@ -149,7 +149,7 @@ def _merge_entry(name: str, by_rank: dict[int, Shard], topo: Topology, full: tup
 def merge(files: list[Path], step: int | None = None) -> tuple[io.Params, dict]:
     """Per-rank shards -> (full params, metadata without the world keys); config_json kept as the run's."""
     shards = [(path, *io.read(path)) for path in files]
-    by_rank = _check_world(shards, step)
+    by_rank = check_world(shards, step)
     path0, params0, meta0 = by_rank[0]
     cfg = io.config_of(path0, meta0)
     topo = Topology.from_config(cfg)

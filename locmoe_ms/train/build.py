@@ -72,6 +72,19 @@ class Training:
     shard_meta: dict             # checkpoint metadata naming the shard this process holds
     inject_overflow: frozenset = frozenset()
     micro_batches: int = 1
+    strategy_file: Path | None = None  # auto mode: the job's strategy checkpoint (rank_r/); saves are then sliced
+    compiled: bool = False
+
+    @property
+    def sliced(self) -> bool:
+        """Whether this process saves and loads its own slices (auto mode) rather than whole tensors."""
+        return self.strategy_file is not None
+
+    @property
+    def compiling_strategy(self) -> Path:
+        """Where MindSpore writes the strategy when this job compiles; it becomes strategy_file once the job
+        starts (a resume refused for another strategy leaves the directory's strategy_file as it was)."""
+        return self.strategy_file.with_name(f".compiling_{self.strategy_file.name}")
 
     def local_rows(self, batch: np.ndarray) -> np.ndarray:
         """This process's rows of a global batch: its rows of each micro-batch (consecutive row blocks), one
@@ -83,6 +96,15 @@ class Training:
         """The train step's inputs for global batch (tokens, domains) at `step` (counted from 1)."""
         inject = math.inf if step in self.inject_overflow else 0.0
         return Tensor(self.local_rows(tokens)), Tensor(self.local_rows(domains)), Tensor(inject, ms.float32)
+
+    def compile(self, cfg: Config) -> None:
+        """Compile the train step for cfg's batch without running it. In auto mode this is when MindSpore slices
+        the parameters and writes the strategy checkpoint, so a sliced checkpoint can be loaded only after it."""
+        if self.compiled:
+            return
+        tokens = np.zeros((cfg.train.batch_size, cfg.model.seq_length + 1), np.int32)
+        self.step.compile(*self.inputs(tokens, np.zeros(cfg.train.batch_size, np.int32), 0))
+        self.compiled = True
 
 
 def build_explicit_training(cfg: Config, init_from: Path | None = None) -> Training:

@@ -2,9 +2,13 @@
 
 A checkpoint holds every parameter of the train step cell (model weights, optimizer moments, its global step) and,
 through `append_dict`, the training step, the data position and the config, so `--resume` continues exactly.
+In auto mode a rank writes only its own slices (MindSpore's `integrated_save=False`), with the digest of the job's
+strategy checkpoint (every parameter's layout, written by MindSpore when the graph compiles); tools/convert_ckpt.py
+merges, splits and reshards such slices with MindSpore's strategy-based transforms.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +38,9 @@ MODEL_KEYS = ("model.vocab_size", "model.hidden_size", "model.num_heads", "model
 # With data.vocab_limit the token ids come from the training split's frequencies, so these define them too.
 VOCABULARY_KEYS = ("data.corpus", "data.paths", "data.max_documents", "data.valid_fraction", "data.test_fraction")
 META_KEYS = ("step", "data_epoch", "data_index", "data_state", "config_json", "valid_ppl", "format_version",
-             "rank", "world_size", "expert_parallel_rank", "model_parallel_rank")  # last four: per-rank shards
+             "rank", "world_size", "expert_parallel_rank", "model_parallel_rank",  # these four: per-rank shards
+             "mode", "strategy_digest")  # auto mode's slices: 'auto' and the digest of the job's strategy
+STRATEGY_FILE = "strategy.ckpt"  # auto mode: MindSpore's strategy checkpoint, in each rank's output directory
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -48,25 +54,28 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if NAME.match(p.name))
 
 
-def atomic_save(save_obj, path: Path, append: dict | None, file_format: str = "ckpt") -> Path:
+def atomic_save(save_obj, path: Path, append: dict | None, file_format: str = "ckpt", sliced: bool = False) -> Path:
     """MindSpore's save_checkpoint (with CRC) into a temporary file beside `path`, then a rename: a reader never
-    sees a half-written checkpoint, and a failed write leaves nothing behind."""
+    sees a half-written checkpoint, and a failed write leaves nothing behind. `sliced`: an auto-parallel cell's
+    own slices, as this rank holds them (without it MindSpore gathers every parameter to its full shape)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp_{path.name}"  # keeps the suffix, or MindSpore would append one
     try:
-        ms.save_checkpoint(save_obj, str(tmp), append_dict=append or None, crc_check=True, format=file_format)
+        ms.save_checkpoint(save_obj, str(tmp), append_dict=append or None, crc_check=True, format=file_format,
+                           integrated_save=not sliced)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def save(cell: nn.Cell, directory: Path, step: int, meta: dict, keep: int) -> Path:
-    """Write step_XXXXXXXX.ckpt atomically, then drop all but the newest `keep`."""
+def save(cell: nn.Cell, directory: Path, step: int, meta: dict, keep: int, sliced: bool = False) -> Path:
+    """Write step_XXXXXXXX.ckpt atomically (`sliced`: this rank's slices only), then drop all but the newest
+    `keep`."""
     final = checkpoint_path(directory, step)
     append = {k: v for k, v in meta.items() if v is not None}
     append.update(step=int(step), format_version=1)
-    atomic_save(cell, final, append)
+    atomic_save(cell, final, append, sliced=sliced)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink()
     return final
@@ -106,6 +115,30 @@ def load(path: str | Path, file_format: str = "ckpt") -> tuple[dict, dict]:
     if "step" not in meta:
         raise UserInputError(f"{path}: not a locmoe-train checkpoint (no step recorded)")
     return params, meta
+
+
+def strategy_layouts(path: str | Path) -> dict[str, dict]:
+    """Every parameter's layout in a MindSpore strategy checkpoint (device matrix, tensor map, optimizer shard); a
+    missing or unreadable file is a one-line error."""
+    from mindspore.parallel import build_searched_strategy
+
+    path = input_file(path, what="strategy checkpoint")
+    try:
+        with _quiet_logs():
+            layouts = build_searched_strategy(str(path))
+    except Exception as err:  # noqa: BLE001 - MindSpore raises several types for a bad file
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"{path}: not a MindSpore strategy checkpoint ({reason})") from None
+    return {name: {"dev_matrix": list(v.dev_matrix[0].dim), "tensor_map": list(v.tensor_map[0].dim),
+                   "field": v.field, "opt_weight_shard_step": v.opt_weight_shard_step,
+                   "opt_weight_shard_size": v.opt_weight_shard_size}
+            for name, v in sorted(layouts.items())}
+
+
+def strategy_digest(path: str | Path) -> str:
+    """SHA-256 of a strategy checkpoint's layouts (not of its bytes, which each rank writes on its own): two jobs
+    whose parameters are laid out alike have the same digest."""
+    return hashlib.sha256(json.dumps(strategy_layouts(path), sort_keys=True).encode()).hexdigest()
 
 
 def rank_dir(output_dir: str | Path, rank: int) -> Path:

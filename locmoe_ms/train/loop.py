@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,55 @@ def _step_record(step: int, outs, lr: float, tokens_per_s: float) -> dict:
     }
 
 
+def save_training(training: Training, ckpt_dir: Path, step: int, meta: dict, keep: int) -> Path:
+    """Checkpoint the train step: whole tensors, or in auto mode this rank's slices with the digest of the job's
+    strategy (MindSpore wrote it at the first compile)."""
+    meta = {**meta, **training.shard_meta}
+    if training.sliced:
+        meta["strategy_digest"] = checkpoint.strategy_digest(training.strategy_file)
+    return checkpoint.save(training.step, ckpt_dir, step, meta, keep, sliced=training.sliced)
+
+
+def restore_training(cfg: Config, training: Training, path: Path) -> dict:
+    """Load a checkpoint of this model, saved by this rank of this job, into the train step; returns its
+    metadata. In auto mode the step is compiled first (MindSpore slices the parameters then), and the file must
+    come from a job of the same world size and strategy."""
+    params, meta = checkpoint.load(path)
+    checkpoint.check_same_model(path, meta, cfg)
+    if meta.get("rank") != training.rank:
+        raise UserInputError(f"{path}: saved by rank {meta.get('rank', 'of a one-process run')}, read by "
+                             f"{training.label}; merge, split or reshard it with tools/convert_ckpt.py")
+    if training.sliced:
+        if meta.get("world_size") != training.world or meta.get("mode") != "auto":
+            raise UserInputError(f"{path}: saved by {_saved_by(meta)}, read by {training.label}; reshard it with "
+                                 f"tools/convert_ckpt.py reshard")
+        training.compile(cfg)
+        digest = checkpoint.strategy_digest(training.compiling_strategy)
+        if meta.get("strategy_digest") != digest:
+            training.compiling_strategy.unlink()
+            raise UserInputError(f"{path}: saved under strategy {str(meta.get('strategy_digest'))[:12]}, this job's "
+                                 f"is {digest[:12]}; reshard it with tools/convert_ckpt.py reshard (the job's "
+                                 f"strategy: tools/ascend_dryrun.py --output-dir)")
+    checkpoint.restore(training.step, params, path)
+    return meta
+
+
+def start_training(cfg: Config, training: Training, resume_from: Path | None) -> dict | None:
+    """Ready the train step, loading `resume_from` if given (its metadata returned). In auto mode the step is
+    compiled here, which is when MindSpore slices the parameters and writes the job's strategy; that strategy
+    then becomes the rank directory's strategy.ckpt, which every save's digest names."""
+    meta = restore_training(cfg, training, resume_from) if resume_from is not None else None
+    if training.sliced:
+        training.compile(cfg)
+        os.replace(training.compiling_strategy, training.strategy_file)
+    return meta
+
+
+def _saved_by(meta: dict) -> str:
+    mode = "auto-parallel" if meta.get("mode") == "auto" else "explicit-mode"
+    return f"rank {meta.get('rank')} of {meta.get('world_size')} ({mode})"
+
+
 def run(cfg: Config, training: Training, device: str, output_dir: Path, resume: bool = False,
         init_from: Path | None = None) -> dict:
     """Train `training` (built for cfg on `device`) to cfg.train.max_steps; returns the final summary (also printed
@@ -58,13 +108,8 @@ def run(cfg: Config, training: Training, device: str, output_dir: Path, resume: 
     stream = BatchStream(splits["train"], cfg.train.batch_size, cfg.train.seed) if layout is None \
         else DomainBatchStream(splits["train"], layout, cfg.train.seed)
     start = 0
-    if resume and existing:
-        params, meta = checkpoint.load(existing[-1])
-        checkpoint.check_same_model(existing[-1], meta, cfg)
-        if meta.get("rank") != training.rank:
-            raise UserInputError(f"{existing[-1]}: saved by rank {meta.get('rank', 'of a one-process run')}, "
-                                 f"read by {training.label}; merge or split it with tools/convert_ckpt.py")
-        checkpoint.restore(step_cell, params, existing[-1])
+    meta = start_training(cfg, training, existing[-1] if resume and existing else None)
+    if meta is not None:
         stream.restore(json.loads(meta["data_state"]) if "data_state" in meta else
                        {"epoch": meta["data_epoch"], "index": meta["data_index"]})
         start = int(meta["step"])
@@ -111,10 +156,8 @@ def run(cfg: Config, training: Training, device: str, output_dir: Path, resume: 
             state = stream.state()
             position = {"data_state": json.dumps(state)} if layout is not None else \
                 {"data_epoch": state["epoch"], "data_index": state["index"]}
-            meta = {**position,
-                    "config_json": json.dumps(cfg.to_dict()), "valid_ppl": record.get("valid_ppl"),
-                    **training.shard_meta}
-            checkpoint.save(step_cell, ckpt_dir, step, meta, cfg.train.keep_checkpoints)
+            save_training(training, ckpt_dir, step, {**position, "config_json": json.dumps(cfg.to_dict()),
+                                                     "valid_ppl": record.get("valid_ppl")}, cfg.train.keep_checkpoints)
     summary = {"steps": cfg.train.max_steps, "router": cfg.moe_config.router, "valid_ppl": valid_ppl,
                "unigram_valid_ppl": unigram, "device": device, "machine": machine()}
     print(f"done: validation perplexity {valid_ppl if valid_ppl is None else round(valid_ppl, 2)} | unigram "

@@ -168,7 +168,7 @@ def test_resume_refuses_a_shard_of_another_rank(trained, tmp_path):
     shutil.copy(tmp_path / "ranks" / "rank_1" / "checkpoints" / "step_00000002.ckpt", run / "checkpoints")
     cfg = io.config_of(trained, io.read(trained)[1])
     with pytest.raises(UserInputError, match=r"step_00000002.ckpt: saved by rank 1, read by one process emulating "
-                                             r"4 devices; merge or split it with tools/convert_ckpt.py"):
+                                             r"4 devices; merge, split or reshard it with tools/convert_ckpt.py"):
         train(cfg, run, resume=True)
 
 
