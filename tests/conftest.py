@@ -1,6 +1,11 @@
 """MindSpore on CPU in GRAPH mode (the default users run), quiet logs, a small config factory."""
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -39,3 +44,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ---- the Ascend dry run (tools/ascend_dryrun.py): compiles for Ascend on this CPU with stand-in CANN libraries
+ROOT = Path(__file__).resolve().parents[1]
+MISSING = [t for t in ("gcc", "g++", "nm", "readelf") if shutil.which(t) is None]
+
+
+@pytest.fixture(scope="session")
+def cann_stub(tmp_path_factory) -> Path:
+    """tools/make_cann_stub.sh, once per session."""
+    out = tmp_path_factory.mktemp("cann_stub")
+    subprocess.run(["bash", str(ROOT / "tools" / "make_cann_stub.sh"), str(out)], check=True, capture_output=True,
+                   timeout=180, env={**os.environ, "PYTHON": sys.executable})
+    return out
+
+
+def dryrun(stub: Path, tmp: Path, *args: str, config: str = "model_configs/tiny_cpu.yaml", timeout: float = 240):
+    """Run the tool; (exit code, stdout, the JSON evidence or None)."""
+    out = tmp / "result.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ascend_dryrun.py"), config, *args, "--stub-dir",
+                           str(stub), "--ir-dir", str(tmp / "ir"), "--json", str(out)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    return proc.returncode, proc.stdout + proc.stderr, json.loads(out.read_text()) if out.is_file() else None

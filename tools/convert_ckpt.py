@@ -91,7 +91,7 @@ def _merge(args) -> None:
         if Path(args.output).suffix != ".ckpt":
             raise UserInputError(f"--output {args.output}: merging auto-mode slices writes a .ckpt file")
         meta = auto_slices.merge(files, Path(args.output), args.step, args.strategy and Path(args.strategy))
-        print(f"wrote {args.output}: {len(files)} auto-mode slices, step {meta['step']}")
+        print(f"wrote {args.output}: {len(files)} auto-mode slices, step {meta['step']}; {_peak()}")
         return
     if args.strategy:
         raise UserInputError(f"--strategy {args.strategy}: only for auto-mode slices; {files[0]} is an "
@@ -109,7 +109,7 @@ def _split(args) -> None:
             raise UserInputError("--strategy: the strategy gives the layout; drop --expert-parallel and --world")
         from locmoe_ms.ckpt import auto_slices
         targets = auto_slices.split(Path(args.full), Path(args.strategy), Path(args.output))
-        print(f"wrote {len(targets)} auto-mode slices: {targets[0]} ... {targets[-1]}")
+        print(f"wrote {len(targets)} auto-mode slices: {targets[0]} ... {targets[-1]}; {_peak()}")
         return
     if args.expert_parallel is None:
         raise UserInputError("split: pass --expert-parallel K (explicit-mode shards) or --strategy FILE (auto-mode "
@@ -131,7 +131,13 @@ def _reshard(args) -> None:
     files = shard_files(args.inputs, args.step)
     targets = auto_slices.reshard(files, Path(args.strategy), Path(args.output), args.step,
                                   args.source_strategy and Path(args.source_strategy))
-    print(f"wrote {len(targets)} auto-mode slices from {len(files)}: {targets[0]} ... {targets[-1]}")
+    print(f"wrote {len(targets)} auto-mode slices from {len(files)}: {targets[0]} ... {targets[-1]}; {_peak()}")
+
+
+def _peak() -> str:
+    """This process's peak resident memory (Linux reports kB)."""
+    import resource
+    return f"peak host memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
 
 
 def require_exists_strategy(path: str) -> Path:

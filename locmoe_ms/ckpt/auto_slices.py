@@ -3,10 +3,14 @@
 Rank r of an auto-parallel job saves its own slices (train/checkpoint.py, `integrated_save=False`) into
 OUTPUT/rank_r/checkpoints/, beside the strategy checkpoint MindSpore wrote when the graph compiled
 (OUTPUT/rank_r/strategy.ckpt: every parameter's and moment's layout, the parallel optimizer's split included).
-Every conversion here is MindSpore's own strategy-based transform, `transform_checkpoint_by_rank` (a source
-strategy of None is a full checkpoint, a destination of None makes one), one destination rank at a time, each
-reading only the source ranks `rank_list_for_transform` names. The transforms read plain parameter files, so
-each input's metadata (step, config, data position) is set aside and written back onto every output.
+Every conversion here is MindSpore's own strategy-based transform, `transform_checkpoints` (a source strategy of
+None is a full checkpoint, a destination of None makes one). It reads each source rank's file once for all the
+destination ranks that need the same source ranks (`rank_list_for_transform`) and holds those slices in host
+memory meanwhile: for a merge, or a reshard from a job whose parallel optimizer split a whole tensor over every
+rank, that is the whole state. (`transform_checkpoint_by_rank`, one destination rank at a time, holds less but
+reads the sources again for every rank: 64 -> 128 devices took minutes for a 340 MB model.) The transforms read
+plain parameter files, so each input's metadata (step, config, data position) is set aside and written back onto
+every output.
 """
 from __future__ import annotations
 
@@ -35,8 +39,6 @@ def is_auto_slice(meta: dict) -> bool:
 def strategy_world(path: Path) -> int:
     """Devices a strategy checkpoint lays the parameters over (its device matrix)."""
     layouts = checkpoint.strategy_layouts(path)
-    if not layouts:
-        raise UserInputError(f"{path}: the strategy checkpoint lays out no parameter")
     return prod(next(iter(layouts.values()))["dev_matrix"])
 
 
@@ -79,9 +81,10 @@ def job_strategy(slices: Slices, strategy: Path | None) -> Path:
 
 
 def check_strategy_fits(strategy: Path, shapes: dict[str, tuple[int, ...]], source: Path) -> None:
-    """A destination strategy must be one of this model: the same parameters, each split axis divisible."""
+    """A destination strategy must be one of this model: the same model parameters (a checkpoint without
+    optimizer moments is a model-only one), every entry of the checkpoint laid out, each split axis divisible."""
     layouts = checkpoint.strategy_layouts(strategy)
-    missing = sorted(set(layouts) - set(shapes))
+    missing = sorted(n for n in set(layouts) - set(shapes) if io.is_model_parameter(n))
     if missing:
         raise UserInputError(f"{strategy}: lays out {len(missing)} parameters {source} lacks, for example "
                              f"{missing[0]}: a strategy of another model")
@@ -90,6 +93,8 @@ def check_strategy_fits(strategy: Path, shapes: dict[str, tuple[int, ...]], sour
         raise UserInputError(f"{strategy}: has no layout for {len(unplaced)} parameters of {source}, for example "
                              f"{unplaced[0]}: a strategy of another model")
     for name, layout in layouts.items():
+        if name not in shapes:
+            continue
         matrix, shape = layout["dev_matrix"], shapes[name]
         for axis, dim in enumerate(layout["tensor_map"]):
             parts = matrix[len(matrix) - 1 - dim] if dim >= 0 else 1
@@ -121,15 +126,22 @@ def _plain_copy(source: Path, target: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _transform(rank: int, sources: dict[int, Path], target: Path, src: Path | None, dst: Path | None) -> None:
-    """MindSpore's transform for one destination rank; its failures become one line."""
-    needed = ms.parallel.rank_list_for_transform(rank, str(src) if src else None, str(dst) if dst else None)
+def _transform(work: Path, src: Path | None, dst: Path | None) -> dict[int, Path]:
+    """MindSpore's transform of the plain files work/source/rank_r/ into work/target/rank_r/ (destination rank ->
+    file); its failures become one line."""
     try:
-        ms.parallel.transform_checkpoint_by_rank(rank, {r: str(sources[r]) for r in needed}, str(target),
-                                                 str(src) if src else None, str(dst) if dst else None)
-    except (ValueError, TypeError, RuntimeError, KeyError, IndexError) as err:
+        ms.parallel.transform_checkpoints(str(work / "source"), str(work / "target"), "slice",
+                                          str(src) if src else None, str(dst) if dst else None)
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError, NotADirectoryError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"MindSpore's transform_checkpoint_by_rank failed for rank {rank}: {reason}") from None
+        raise UserInputError(f"MindSpore's transform_checkpoints failed: {reason}") from None
+    return {int(d.name[len("rank_"):]): next(d.glob("*.ckpt")) for d in (work / "target").glob("rank_*")}
+
+
+def _source(work: Path, rank: int) -> Path:
+    """Where the plain copy of source rank `rank` goes (the layout transform_checkpoints reads)."""
+    (work / "source" / f"rank_{rank}").mkdir(parents=True, exist_ok=True)
+    return work / "source" / f"rank_{rank}" / "slice.ckpt"
 
 
 def _write(plain: Path, target: Path, meta: dict) -> Path:
@@ -154,11 +166,11 @@ def _slice_targets(output_dir: Path, world: int, step: int, inputs: list[Path]) 
     return targets
 
 
-def _write_slices(plain_dir: Path, output_dir: Path, targets: list[Path], strategy: Path, meta: dict) -> None:
-    """Move the transformed plain files in as the job's slices, each with its metadata and the strategy."""
+def _write_slices(plain: dict[int, Path], output_dir: Path, targets: list[Path], strategy: Path, meta: dict) -> None:
+    """The transformed plain files as the job's slices, each with its metadata and the strategy beside it."""
     digest = checkpoint.strategy_digest(strategy)
     for rank, target in enumerate(targets):
-        _write(plain_dir / f"rank_{rank}.ckpt", target,
+        _write(plain[rank], target,
                {**meta, "rank": rank, "world_size": len(targets), "mode": "auto", "strategy_digest": digest})
         shutil.copyfile(strategy, checkpoint.rank_dir(output_dir, rank) / checkpoint.STRATEGY_FILE)
 
@@ -169,11 +181,9 @@ def merge(files: list[Path], output: Path, step: int | None = None, strategy: Pa
     strategy = job_strategy(slices, strategy)
     meta = _job_meta(slices[0][1])
     with _workspace(output.absolute().parent) as work:
-        plain = {r: work / f"source_{r}.ckpt" for r in slices}
         for rank, (path, _) in slices.items():
-            _plain_copy(path, plain[rank])
-        _transform(0, plain, work / "full.ckpt", strategy, None)
-        _write(work / "full.ckpt", output, meta)
+            _plain_copy(path, _source(work, rank))
+        _write(_transform(work, strategy, None)[0], output, meta)
     return meta
 
 
@@ -187,11 +197,8 @@ def split(full: Path, strategy: Path, output_dir: Path) -> list[Path]:
     del params
     targets = _slice_targets(output_dir, strategy_world(strategy), int(meta["step"]), [full])
     with _workspace(output_dir) as work:
-        source = work / "full.ckpt"
-        _plain_copy(full, source)
-        for rank in range(len(targets)):
-            _transform(rank, {0: source}, work / f"rank_{rank}.ckpt", None, strategy)
-        _write_slices(work, output_dir, targets, strategy, _job_meta(meta))
+        _plain_copy(full, _source(work, 0))
+        _write_slices(_transform(work, None, strategy), output_dir, targets, strategy, _job_meta(meta))
     return targets
 
 
@@ -204,14 +211,11 @@ def reshard(files: list[Path], strategy: Path, output_dir: Path, step: int | Non
     _config_shapes(slices[0][0], meta, set())  # the recorded config must be valid before anything is written
     targets = _slice_targets(output_dir, strategy_world(strategy), int(meta["step"]), list(files))
     with _workspace(output_dir) as work:
-        plain = {r: work / f"source_{r}.ckpt" for r in slices}
         names = set()
         for rank, (path, _) in slices.items():
-            names = set(_plain_copy(path, plain[rank]))
+            names = set(_plain_copy(path, _source(work, rank)))
         check_strategy_fits(strategy, _config_shapes(slices[0][0], meta, names), slices[0][0])
-        for rank in range(len(targets)):
-            _transform(rank, plain, work / f"rank_{rank}.ckpt", source_strategy, strategy)
-        _write_slices(work, output_dir, targets, strategy, _job_meta(meta))
+        _write_slices(_transform(work, source_strategy, strategy), output_dir, targets, strategy, _job_meta(meta))
     return targets
 
 

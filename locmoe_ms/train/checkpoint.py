@@ -129,6 +129,8 @@ def strategy_layouts(path: str | Path) -> dict[str, dict]:
     except Exception as err:  # noqa: BLE001 - MindSpore raises several types for a bad file
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserInputError(f"{path}: not a MindSpore strategy checkpoint ({reason})") from None
+    if not layouts:  # protobuf reads many a file as an empty strategy
+        raise UserInputError(f"{path}: not a MindSpore strategy checkpoint (it lays out no parameter)")
     return {name: {"dev_matrix": list(v.dev_matrix[0].dim), "tensor_map": list(v.tensor_map[0].dim),
                    "field": v.field, "opt_weight_shard_step": v.opt_weight_shard_step,
                    "opt_weight_shard_size": v.opt_weight_shard_size}

@@ -7,9 +7,7 @@ subprocess with a timeout. Run with: pytest -m ascend_dryrun tests/autoparallel/
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +17,10 @@ import pytest
 from locmoe_ms.config import load_config
 from locmoe_ms.parallel.layout import parameter_split
 from locmoe_ms.parallel.topology import Topology
+from tests.conftest import MISSING, dryrun
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "ascend_dryrun.py"
-MISSING = [t for t in ("gcc", "g++", "nm", "readelf") if shutil.which(t) is None]
 pytestmark = [pytest.mark.ascend_dryrun,
               pytest.mark.skipif(bool(MISSING), reason=f"building stand-in CANN libraries needs {', '.join(MISSING)}")]
 
@@ -39,23 +37,6 @@ AUTO = ["--devices", "8", "--mode", "auto", "--set", "parallel_config.model_para
 # moe_config's off-by-default router health options, all on (docs/results: the health suite)
 HEALTH = ["--set", "moe_config.grap_relu=false", "--set", "moe_config.z_loss_factor=0.001",
           "--set", "moe_config.router_jitter=0.01", "--set", "moe_config.bias_balance_rate=0.001"]
-
-
-@pytest.fixture(scope="session")
-def cann_stub(tmp_path_factory) -> Path:
-    """tools/make_cann_stub.sh, once per session."""
-    out = tmp_path_factory.mktemp("cann_stub")
-    subprocess.run(["bash", str(ROOT / "tools" / "make_cann_stub.sh"), str(out)], check=True, capture_output=True,
-                   timeout=180, env={**os.environ, "PYTHON": sys.executable})
-    return out
-
-
-def dryrun(stub: Path, tmp: Path, *args: str, config: str = "model_configs/tiny_cpu.yaml", timeout: float = 240):
-    """Run the tool; (exit code, stdout, the JSON evidence or None)."""
-    out = tmp / "result.json"
-    proc = subprocess.run([sys.executable, str(TOOL), config, *args, "--stub-dir", str(stub), "--ir-dir",
-                           str(tmp / "ir"), "--json", str(out)], capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr, json.loads(out.read_text()) if out.is_file() else None
 
 
 def groups(result: dict) -> set[tuple[str, str]]:
