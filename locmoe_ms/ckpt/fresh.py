@@ -5,7 +5,7 @@ import mindspore as ms
 import numpy as np
 
 from locmoe_ms.config import Config
-from locmoe_ms.model.network import build_model
+from locmoe_ms.model.network import build_model, model_shapes
 from locmoe_ms.train.optim import build_optimizer
 from locmoe_ms.train.step import TrainStep
 
@@ -28,4 +28,4 @@ def fresh_parameters(cfg: Config, optimizer: bool = False) -> dict[str, np.ndarr
 
 def parameter_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     """Model parameter name -> full shape for `cfg`, without initialising the values."""
-    return {p.name: tuple(p.shape) for p in build_model(cfg).get_parameters()}
+    return model_shapes(cfg)[0]

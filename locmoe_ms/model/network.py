@@ -115,3 +115,14 @@ def build_model(cfg: Config, batch_size: int | None = None, placement: Placement
     batch = batch_size or cfg.micro_batch_size
     local_batch = round(batch * placement.batch_share)
     return LanguageModelLoss(PanGuSigmaLM(cfg, placement, local_batch), placement)
+
+
+def model_shapes(cfg: Config) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """(name -> full shape of every parameter, names of the trainable ones) of the one-process model, built without
+    allocating its initial values (MindSpore's no_init_parameters): a PanGu-Sigma config's 37.7B parameters would
+    take 151 GB."""
+    from mindspore.nn.utils import no_init_parameters
+
+    with no_init_parameters():
+        net = build_model(cfg)
+    return ({p.name: tuple(p.shape) for p in net.get_parameters()}, {p.name for p in net.trainable_params()})

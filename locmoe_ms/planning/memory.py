@@ -62,18 +62,6 @@ def parameter_slices(cfg: Config, shapes: dict[str, tuple[int, ...]]) -> list[Pa
     return [_explicit_slice(n, s, ep) for n, s in shapes.items()]
 
 
-def model_shapes(cfg: Config) -> tuple[dict[str, tuple[int, ...]], set[str]]:
-    """(name -> full shape of every parameter, names of the trainable ones) of the one-process model, built without
-    allocating its initial values (MindSpore's no_init_parameters)."""
-    from mindspore.nn.utils import no_init_parameters
-
-    from locmoe_ms.model.network import build_model
-
-    with no_init_parameters():
-        net = build_model(cfg)
-    return ({p.name: tuple(p.shape) for p in net.get_parameters()}, {p.name for p in net.trainable_params()})
-
-
 @dataclass
 class StaticBytes:
     weights: int = 0
@@ -173,7 +161,10 @@ class MemoryPlan:
 def memory_plan(cfg: Config, hardware, name: str = "config", shapes=None) -> MemoryPlan:
     """The plan of one device of cfg's job (every device of a job holds the same bytes: splits are uniform).
     `shapes`: (name -> full shape, trainable names), model_shapes(cfg) when not given."""
-    full, trainable = shapes or model_shapes(cfg)
+    if shapes is None:
+        from locmoe_ms.model.network import model_shapes  # MindSpore: only when the plan is asked for
+        shapes = model_shapes(cfg)
+    full, trainable = shapes
     slices = parameter_slices(cfg, full)
     static = static_bytes(slices, trainable)
     groups = communication_groups(cfg, slices)

@@ -320,7 +320,8 @@ def test_memory_plan_static_bytes_equal_the_compiled_layouts(cann_stub, tmp_path
     from math import prod
 
     from locmoe_ms.autoparallel.dryrun import model_parameter
-    from locmoe_ms.planning.memory import model_shapes, parameter_slices, static_bytes
+    from locmoe_ms.model.network import model_shapes
+    from locmoe_ms.planning.memory import parameter_slices, static_bytes
 
     code, out, result = dryrun(cann_stub, tmp_path, *args, "--rank", str(rank), config=config)
     assert code == 0, out[-3000:]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from locmoe_ms.config import load_config
-from locmoe_ms.planning.memory import activation_terms, model_shapes, parameter_slices, static_bytes
+from locmoe_ms.model.network import model_shapes
+from locmoe_ms.planning.memory import activation_terms, parameter_slices, static_bytes
 from tests.conftest import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
