@@ -8,11 +8,10 @@ Compiled, never run, here: tools/ascend_dryrun.py --mode auto.
 """
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
-from mindspore import Parameter, Tensor, nn
+from mindspore import nn
 
 from locmoe_ms.autoparallel.apply import apply_shard_strategies
 from locmoe_ms.autoparallel.context import save_strategy, set_parallel_context
@@ -51,28 +50,6 @@ def use_autodiff(network: nn.Cell) -> list[str]:
     return replaced
 
 
-def compile_blocks_once(network: nn.Cell) -> int:
-    """Mark the transformer blocks as MindSpore lazy_inline cells, as its @lazy_inline decorator on __init__ does:
-    the compiler then builds one graph per kind of block and calls it for every layer, instead of compiling 40
-    inlined copies. Blocks share a graph only when every constant they hold is the same (a hash router's table,
-    GrAP's matrix, the dispatcher's offsets), so the key is a digest of those and of their scalar attributes;
-    parameters become the graph's inputs. Returns the number of distinct graphs."""
-    keys = set()
-    for block in network.blocks:
-        digest = hashlib.sha256(type(block).__name__.encode())
-        for path, cell in block.cells_and_names():
-            for attr, value in sorted(vars(cell).items()):
-                if isinstance(value, Tensor) and not isinstance(value, Parameter):
-                    digest.update(f"{path}.{attr}{value.shape}{value.dtype}".encode())
-                    digest.update(value.asnumpy().tobytes())
-                elif isinstance(value, (bool, int, float, str, tuple)) and not attr.startswith("_"):
-                    digest.update(f"{path}.{attr}={value!r}".encode())
-        key = f"lazy_inline_{type(block).__name__}_{digest.hexdigest()[:16]}"
-        block.cell_init_args = key
-        keys.add(key)
-    return len(keys)
-
-
 def build_auto_model(cfg, init_from: Path | None = None) -> tuple[nn.Cell, slice]:
     """Parallel context, the full-batch loss network with its shard strategies, and the rows of the global batch
     this rank feeds (all of them: full_batch). `init_from`: a checkpoint whose model weights to start from
@@ -84,9 +61,6 @@ def build_auto_model(cfg, init_from: Path | None = None) -> tuple[nn.Cell, slice
         checkpoint.restore(loss_net, params, init_from, model_only=True)
     use_autodiff(loss_net)
     apply_shard_strategies(loss_net, cfg)
-    import os
-    if os.environ.get("LOCMOE_LAZY"):
-        print("lazy graphs", compile_blocks_once(loss_net.network))
     return loss_net, slice(None)
 
 
