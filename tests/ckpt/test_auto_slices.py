@@ -216,3 +216,15 @@ def test_pangu_64n_slices_reshard_to_128n_and_merge_bit_identical(pangu_strategi
         assert params and {n: list(a.shape) for n, a in params.items()} == {n: stored[n] for n in params}, name
         assert meta["world_size"] == {"64n": 64, "128n": 128}[name]
     assert len(list((tmp_path / "j128").glob("rank_*"))) == 128
+
+
+def test_a_strategy_of_another_model_or_job_is_refused(pangu_strategies, trained, split8, tmp_path):
+    """tiny's trained checkpoint split under PanGu's strategy (another model), and the 8 tiny slices merged under
+    the 64-device job's strategy (another job and world size): one line each, nothing written."""
+    out = tmp_path / "out"
+    _refused(_tool("split", trained, "--strategy", pangu_strategies["64n"]["strategy"], "--output", out),
+             "a strategy of another model")
+    digest = checkpoint.strategy_digest(pangu_strategies["64n"]["strategy"])
+    _refused(_tool("merge", *sorted(split8.glob("rank_*")), "--strategy", pangu_strategies["64n"]["strategy"],
+                   "--output", out / "m.ckpt"), f"strategy {digest[:12]}, but the slices were saved under ")
+    assert not out.exists()
