@@ -18,6 +18,11 @@ def matmul_in(dtype, x: Tensor, w: Tensor, matmul=ops.matmul) -> Tensor:
     return matmul(x.astype(dtype), w.astype(dtype)).astype(ms.float32)
 
 
+def in_dtype(dtype, x: Tensor) -> Tensor:
+    """x in `dtype`; no Cast at all when that is float32 (float32 graphs stay as they were, bit for bit)."""
+    return x if dtype == ms.float32 else x.astype(dtype)
+
+
 def activation(name: str) -> nn.Cell:
     """The FFN activation; 'gelu' is the paper's exact (erf) GeLU."""
     cells = {"gelu": lambda: nn.GELU(approximate=False), "gelu_tanh": lambda: nn.GELU(approximate=True),

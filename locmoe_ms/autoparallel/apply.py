@@ -65,6 +65,8 @@ PRIMITIVE_OPS: dict[tuple[str, str], str] = {
     ("Attention", "context_matmul"): "attention.context",
     ("LearnedRouter", "softmax"): "router.softmax",
     ("Dispatcher", "match"): "dispatch.match",
+    ("Dispatcher", "to_compute"): "dispatch.cast",
+    ("Dispatcher", "to_float32"): "combine.cast",
     ("Dispatcher", "pad_tokens"): "dispatch.pad",
     ("Dispatcher", "pad_slots"): "combine.pad",
     ("Dispatcher", "gather_slots"): "dispatch",

@@ -28,6 +28,8 @@ _ATTR = re.compile(r'(\w+): ("[^"]*"|I64\(-?\d+\)|Bool\(\d\))')
 _SCOPE = re.compile(r"# (?:Fullname with scope|Scope): \((.*)\)")
 _RANK_IDS = re.compile(r"group_rank_ids: \(([\d, ]*)\)")
 _SHAPE = re.compile(r":\s*\(<[^>]*?,\s*\(([\d, ]*)\)")
+_DTYPE = re.compile(r":\s*\(<Tensor\[(\w+)\]")
+_FIRST_OPERAND = re.compile(r"=\s*[\w.]+\((%\d+)")
 OPTIMIZER_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "accu_grads.")
 
 
@@ -42,6 +44,7 @@ class Collective:
                                # optimizer (the parallel optimizer's weight AllGather / gradient ReduceScatter), model
     shape: tuple[int, ...] = ()
     parameter: str = ""        # the parameter a mirror or optimizer collective serves (mirror_user_id)
+    dtype: str = ""            # the operand's element type as the IR writes it (Float32, Float16, ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +75,27 @@ def _ranks(text: str, group: str, world: int | None) -> tuple[int, ...]:
     return tuple(int(r) for r in text.split("-"))
 
 
+def _operand_dtype(lines: Sequence[str], i: int, depth: int = 24) -> str:
+    """Element type of node i's first operand. The parallel passes leave the nodes they insert untyped
+    (`<null>` in step_parallel_end), so an untyped operand is followed back to the nearest typed node; reshapes,
+    slices and the redistributions keep the element type."""
+    for _ in range(depth):
+        for follow in lines[i + 1:i + 3]:
+            if follow.lstrip().startswith(":"):
+                typed = _DTYPE.search(follow)
+                if typed:
+                    return typed.group(1)
+                break
+        operand = _FIRST_OPERAND.search(lines[i])
+        if not operand:
+            return ""
+        head = f"  {operand.group(1)}("
+        i = next((j for j in range(i - 1, -1, -1) if lines[j].startswith(head)), -1)
+        if i < 0:
+            return ""
+    return ""
+
+
 def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective]:
     """Every collective node of an IR dump, in order. `world` fills in the ranks of the world group."""
     found: list[Collective] = []
@@ -93,6 +117,7 @@ def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective
             shape_match = _SHAPE.search(follow)
             if shape_match and not shape:
                 shape = tuple(int(d) for d in shape_match.group(1).replace(" ", "").split(",") if d)
+
             scope_match = _SCOPE.search(follow)
             if scope_match:
                 scope = scope_match.group(1)
@@ -102,7 +127,7 @@ def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective
         ranks = tuple(int(r) for r in listed.group(1).replace(" ", "").split(",") if r) if listed else \
             _ranks(attrs.get("group_ranks", ""), group, world)
         found.append(Collective(match.group(1), group, ranks, scope, kind,
-                                shape, attrs.get("mirror_user_id", "")))
+                                shape, attrs.get("mirror_user_id", ""), _operand_dtype(lines, i)))
     return found
 
 

@@ -23,7 +23,10 @@ from mindspore import Tensor, nn, ops
 
 
 class Dispatcher(nn.Cell):
-    def __init__(self, experts: int, groups: int, capacity: int, per_group: bool = False):
+    """Fills the slot buffer in `dtype` (model.compute_dtype: the exchange and the experts run in it) and combines
+    back into float32, the residual stream's dtype; in float32 there is no Cast at all."""
+
+    def __init__(self, experts: int, groups: int, capacity: int, per_group: bool = False, dtype=ms.float32):
         super().__init__()
         self.per_group = per_group
         self.experts = experts
@@ -42,6 +45,9 @@ class Dispatcher(nn.Cell):
         self.pad_slots = ops.Concat(axis=1)
         self.gather_slots = ops.GatherD()
         self.gather_tokens = ops.GatherD()
+        self.dtype = dtype
+        self.to_compute = ops.Cast() if dtype != ms.float32 else None
+        self.to_float32 = ops.Cast() if dtype != ms.float32 else None
 
     def assign(self, index: Tensor):
         """Expert index [T] -> slot [T] int32 (dummy slot for dropped tokens), kept [T] f32, load [G, E] f32 (tokens
@@ -69,6 +75,8 @@ class Dispatcher(nn.Cell):
         """[T, h] -> [E, G*C, h]; empty slots are zero."""
         hidden = x.shape[-1]
         if not self.per_group:
+            if self.to_compute is not None:
+                x = self.to_compute(x, self.dtype)
             buffer = ops.scatter_nd(slot.reshape(-1, 1), x, (self.slots + 1, hidden))
             return buffer[: self.slots].reshape(self.experts, self.groups * self.capacity, hidden)
         local = self.group_slot(slot)                                               # [G, t]
@@ -79,6 +87,8 @@ class Dispatcher(nn.Cell):
         token = (match.astype(ms.int32) * token_ids).sum(axis=-1) - 1               # [G, E*C], -1: empty
         token = ops.where(ops.less(token, self.zero), ops.full_like(token, per_group), token)
         grouped = x.reshape(self.groups, per_group, hidden)
+        if self.to_compute is not None:
+            grouped = self.to_compute(grouped, self.dtype)
         padded = self.pad_tokens((grouped, ops.zeros_like(grouped[:, :1])))          # [G, t+1, h]
         index = ops.broadcast_to(token.reshape(self.groups, self.group_slots, 1),
                                  (self.groups, self.group_slots, hidden))
@@ -87,17 +97,23 @@ class Dispatcher(nn.Cell):
         return buffer.reshape(self.experts, self.groups * self.capacity, hidden)
 
     def combine(self, expert_out: Tensor, slot: Tensor, weight: Tensor) -> Tensor:
-        """[E, G*C, h] -> [T, h], each token's slot scaled by its router score; dropped tokens get zero."""
+        """[E, G*C, h] -> [T, h] in float32, each token's slot scaled by its router score;
+        dropped tokens get zero."""
         hidden = expert_out.shape[-1]
         if not self.per_group:
             flat = ops.concat((expert_out.reshape(self.slots, hidden), ops.zeros((1, hidden), expert_out.dtype)),
                               axis=0)
-            return ops.gather(flat, slot, 0) * weight.reshape(-1, 1)
+            out = ops.gather(flat, slot, 0)
+            if self.to_float32 is not None:
+                out = self.to_float32(out, ms.float32)
+            return out * weight.reshape(-1, 1)
         local = self.group_slot(slot)                                               # [G, t]
         per_group = local.shape[1]
         grouped = expert_out.reshape(self.experts, self.groups, self.capacity, hidden).transpose(1, 0, 2, 3)
         grouped = grouped.reshape(self.groups, self.group_slots, hidden)
         grouped = self.pad_slots((grouped, ops.zeros_like(grouped[:, :1])))          # [G, E*C+1, h]
         index = ops.broadcast_to(local.reshape(self.groups, per_group, 1), (self.groups, per_group, hidden))
-        out = self.gather_tokens(grouped, 1, index).reshape(self.groups * per_group, hidden)
-        return out * weight.reshape(-1, 1)
+        out = self.gather_tokens(grouped, 1, index)                                  # [G, t, h]
+        if self.to_float32 is not None:
+            out = self.to_float32(out, ms.float32)
+        return out.reshape(self.groups * per_group, hidden) * weight.reshape(-1, 1)

@@ -5,7 +5,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from locmoe_ms.layers import DTYPES, matmul_in
+from locmoe_ms.layers import DTYPES, in_dtype
 
 
 class ExpertActivation(nn.Cell):
@@ -32,6 +32,9 @@ class ExpertActivation(nn.Cell):
 
 
 class Experts(nn.Cell):
+    """[E, slots, h] -> [E, slots, h] in `compute_dtype`: the exchange delivers the slots in it and takes them
+    back in it, so the FFN, its bias adds and activation run in it too (the float32 weights cast at each use)."""
+
     def __init__(self, experts: int, hidden: int, ffn_hidden: int, act: str, init_std: float,
                  compute_dtype: str = "float32"):
         super().__init__()
@@ -47,5 +50,6 @@ class Experts(nn.Cell):
         self.add_in = ops.Add()  # `+ b_in`'s primitive, owned likewise (pinned with the matmuls' Layout)
 
     def construct(self, x: Tensor) -> Tensor:
-        hidden = self.act(self.add_in(matmul_in(self.dtype, x, self.w_in, self.bmm_in), self.b_in))
-        return matmul_in(self.dtype, hidden, self.w_out, self.bmm_out) + self.b_out
+        d = self.dtype
+        hidden = self.act(self.add_in(self.bmm_in(in_dtype(d, x), in_dtype(d, self.w_in)), in_dtype(d, self.b_in)))
+        return self.bmm_out(hidden, in_dtype(d, self.w_out)) + in_dtype(d, self.b_out)

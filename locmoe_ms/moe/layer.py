@@ -6,6 +6,7 @@ from mindspore import Tensor, nn, ops
 
 from locmoe_ms.config import Config
 from locmoe_ms.capacity import group_capacity
+from locmoe_ms.layers import DTYPES
 from locmoe_ms.moe.dispatch import Dispatcher
 from locmoe_ms.moe.experts import Experts
 from locmoe_ms.moe.routers import build_router
@@ -67,11 +68,12 @@ class MoELayer(nn.Cell):
         per_group = tokens // len(groups)
         capacity = group_capacity(per_group, moe, par.expert_parallel)
         self.router = build_router(cfg, placement, tokens)
-        self.dispatcher = Dispatcher(moe.expert_num, len(groups), capacity, per_group=par.mode == "auto")
+        self.dispatcher = Dispatcher(moe.expert_num, len(groups), capacity, per_group=par.mode == "auto",
+                                     dtype=DTYPES[cfg.model.compute_dtype])  # the expert path's dtype
         self.experts = Experts(len(placement.experts), cfg.model.hidden_size, cfg.model.ffn_hidden_size,
                                cfg.model.activation, cfg.model.init_std, cfg.model.compute_dtype)
         self.exchange = build_exchange(placement, self.experts, moe.expert_num, capacity, cfg.model.hidden_size,
-                                       par.exchange, par.exchange_chunks, par.count_aware)
+                                       par.exchange, par.exchange_chunks, par.count_aware, cfg.model.compute_dtype)
         self.data_sum = placement.data_sum()
         self.global_tokens = float(placement.global_tokens(tokens))
         local = placement.topology.group_local_mask().astype(np.float32)

@@ -25,7 +25,7 @@ from mindspore import Tensor, nn, ops
 from locmoe_ms.parallel.placement import Placement
 from locmoe_ms.parallel.topology import Topology
 
-BYTES_PER_VALUE = 4  # float32 payload
+VALUE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}  # the payload moves in model.compute_dtype
 TRAFFIC_KINDS = ("same_device", "intra_node", "inter_node")
 
 
@@ -38,14 +38,16 @@ def destination_kinds(topology: Topology, rank: int, group: tuple[int, ...]) -> 
     return kinds
 
 
-def exchange_terms(topology: Topology, rank: int, hidden: int, mode: str) -> tuple[np.ndarray, np.ndarray, float]:
+def exchange_terms(topology: Topology, rank: int, hidden: int, mode: str, dtype: str
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
     """What rank's byte counters multiply: destination kinds [ep, 3] of its expert group, kinds [3] of the t-1
-    All-Gather peers (group-wise; the tensor-parallel group is one node, so intra-node) and bytes per slot row."""
+    All-Gather peers (group-wise; the tensor-parallel group is one node, so intra-node) and bytes per slot row of
+    the payload in `dtype` (model.compute_dtype, what the exchange moves)."""
     tp = topology.model_parallel
     groupwise = mode == "groupwise" and tp > 1
     kinds = destination_kinds(topology, rank, topology.expert_group(rank))
     gather_kinds = np.array([0.0, float(tp - 1) if groupwise else 0.0, 0.0], np.float32)
-    return kinds, gather_kinds, float((hidden // tp if groupwise else hidden) * BYTES_PER_VALUE)
+    return kinds, gather_kinds, float((hidden // tp if groupwise else hidden) * VALUE_BYTES[dtype])
 
 
 def all_to_all_rows(send_fill, recv_fill, kinds, slots: int, count_aware: bool):
@@ -92,7 +94,7 @@ class ExpertExchange(nn.Cell):
     """
 
     def __init__(self, placement: Placement, experts: nn.Cell, expert_num: int, capacity: int, hidden: int,
-                 mode: str = "plain", chunks: int = 1, count_aware: bool = False):
+                 mode: str = "plain", chunks: int = 1, count_aware: bool = False, dtype: str = "float32"):
         super().__init__()
         topo, comm, rank = placement.topology, placement.comm, placement.rank
         self.experts = experts
@@ -110,7 +112,7 @@ class ExpertExchange(nn.Cell):
         self.count_aware = count_aware
         self.all_to_all = comm.all_to_all(ep_group)
         self.tp_gather = comm.all_gather(tp_group)
-        kinds, gather_kinds, self.row_bytes = exchange_terms(topo, rank, hidden, mode)
+        kinds, gather_kinds, self.row_bytes = exchange_terms(topo, rank, hidden, mode, dtype)
         self.kinds, self.gather_kinds = Tensor(kinds), Tensor(gather_kinds)
         self.positions = Tensor(np.arange(capacity, dtype=np.float32).reshape(1, 1, capacity, 1))
 
@@ -133,8 +135,8 @@ class ExpertExchange(nn.Cell):
         send_mask = recv_mask = self.positions
         if self.count_aware:
             recv_fill = self.all_to_all(send_fill)                        # [ep sources, per]: their fill of mine
-            send_mask = (self.positions < send_fill.reshape(ep, per, 1, 1)).astype(ms.float32)
-            recv_mask = (self.positions < recv_fill.reshape(ep, per, 1, 1)).astype(ms.float32)
+            send_mask = (self.positions < send_fill.reshape(ep, per, 1, 1)).astype(buffer.dtype)
+            recv_mask = (self.positions < recv_fill.reshape(ep, per, 1, 1)).astype(buffer.dtype)
         outputs = ()
         for start, stop in self.bounds:
             size = stop - start
@@ -160,8 +162,9 @@ class ExpertExchange(nn.Cell):
 
 
 def build_exchange(placement: Placement, experts: nn.Cell, expert_num: int, capacity: int, hidden: int,
-                   mode: str, chunks: int, count_aware: bool) -> nn.Cell:
-    """The exchange for this process: LocalExchange in one process, ExpertExchange across ranks."""
+                   mode: str, chunks: int, count_aware: bool, dtype: str) -> nn.Cell:
+    """The exchange for this process: LocalExchange in one process, ExpertExchange across ranks; the payload
+    moves in `dtype` (model.compute_dtype)."""
     if not placement.distributed:
         return LocalExchange(experts)
-    return ExpertExchange(placement, experts, expert_num, capacity, hidden, mode, chunks, count_aware)
+    return ExpertExchange(placement, experts, expert_num, capacity, hidden, mode, chunks, count_aware, dtype)

@@ -9,7 +9,9 @@ Weights, gradients and AdamWeightDecay's two moments are float32, as the model k
 counted at the stored shape; with the optimizer shard the unsharded gradient of one parameter exists until its
 ReduceScatter, counted in the workspace as the largest such slice.
 
-Activations are a formula (`activation_terms`), per device and float32 (every matmul returns float32), with
+Activations are a formula (`activation_terms`), per device, float32 (every matmul returns float32) except the
+expert path, which holds `compute_dtype` (parallel/exchange.py VALUE_BYTES) from the cast before dispatch to the
+combine (marked [c] below), with
 t = tokens of the rank's token group in one micro-batch (batch / micro_batches / dp * seq), b = its sequences, mp,
 ep, the capacity C per (group,
 expert), heads H, hidden h, FFN f, experts E, vocabulary V (V / mp when the vocabulary is split):
@@ -18,10 +20,11 @@ expert), heads H, hidden h, FFN f, experts E, vocabulary V (V / mp when the voca
                                          + 2 b*(H/mp)*S^2 (scores, probabilities) + 2 t*h/mp (context, merged)
                                          + t*h (projection)
   dense FFN working set                  t*h (LayerNorm) + 2 t*f/mp (w_in, activation) + t*h (w_out)
-  MoE working set                        t*h (LayerNorm) + 2 t*E (router logits, probabilities)
-                                         + E*C*h (dispatch) + E*C*h/mp + E*C*h (All-to-All, All-Gather)
-                                         + 2 E*C*f/mp (experts' w_in, activation) + E*C*h (w_out)
-                                         + E*C*h/mp + E*C*h (the return) + t*h (combine)
+  MoE working set                        t*h (LayerNorm) + 2 t*E (router logits, probabilities) + t*h (combine)
+                                     [c] + t*h (the cast input) + E*C*h (dispatch)
+                                     [c] + E*C*h/mp + E*C*h (All-to-All, All-Gather)
+                                     [c] + 2 E*C*f/mp (experts' w_in, activation) + E*C*h (w_out)
+                                     [c] + E*C*h/mp + E*C*h (the return)
   logits and the cross-entropy           3 t*V (logits, their shifted exponentials, the softmax of the backward)
 With model.recompute the backward keeps the block inputs and rebuilds one block's working set at a time (the
 largest); without it every block's working set is kept. Explicit mode: the same terms with mp = 1 for the dense
@@ -40,6 +43,7 @@ from locmoe_ms.autoparallel.slices import ParameterSlice, parameter_slice
 from locmoe_ms.autoparallel.table import OPS
 from locmoe_ms.capacity import group_capacity
 from locmoe_ms.config import Config
+from locmoe_ms.parallel.exchange import VALUE_BYTES
 from locmoe_ms.parallel.layout import parameter_split
 
 FLOAT32 = 4
@@ -99,17 +103,18 @@ def activation_terms(cfg: Config) -> dict[str, int]:
     attention = t * h + 6 * t * h // mp + 2 * b * (m.num_heads // mp) * s * s + 2 * t * h // mp + t * h
     dense = t * h + 2 * t * f // mp + t * h
     tp = par.model_parallel  # the exchange slices the capacity over the tensor-parallel group in both modes
-    sparse = t * h + 2 * t * e + e * c * h + e * c * h // tp + e * c * h + 2 * e * c * f // mp + e * c * h \
-        + e * c * h // tp + e * c * h + t * h
+    moving = t * h + e * c * h + e * c * h // tp + e * c * h + 2 * e * c * f // mp + e * c * h \
+        + e * c * h // tp + e * c * h
+    sparse = (t * h + 2 * t * e + t * h) * FLOAT32 + moving * VALUE_BYTES[m.compute_dtype]
     n_sparse = len(m.sparse_layers)
     n_dense = m.num_layers - n_sparse + 1  # and the query layer
+    attention, dense = attention * FLOAT32, dense * FLOAT32
     blocks = [attention + dense] * n_dense + [attention + sparse] * n_sparse
     if m.recompute:
-        kept, working = (m.num_layers + 1) * t * h, max(blocks)
+        kept, working = (m.num_layers + 1) * t * h * FLOAT32, max(blocks)
     else:
         kept, working = sum(blocks), 0
-    return {"block inputs": kept * FLOAT32, "block working set": working * FLOAT32,
-            "logits and cross-entropy": 3 * t * vocab * FLOAT32}
+    return {"block inputs": kept, "block working set": working, "logits and cross-entropy": 3 * t * vocab * FLOAT32}
 
 
 def _vocabulary_split(sizes: ParallelSizes) -> int:
@@ -196,7 +201,8 @@ def render(plan: MemoryPlan, cfg: Config, rank: int | None = None) -> str:
     st = plan.static
     lines += [f"  weights {st.weights / 1e9:.3f} GB, gradients {st.gradients / 1e9:.3f} GB, optimizer moments "
               f"{st.moments / 1e9:.3f} GB"]
-    lines.append("activations (float32, formulas of locmoe_ms/planning/memory.py):")
+    moving = "" if cfg.model.compute_dtype == "float32" else f", the expert path in {cfg.model.compute_dtype}"
+    lines.append(f"activations (float32{moving}; formulas of locmoe_ms/planning/memory.py):")
     for key, size in plan.activations.items():
         lines.append(f"  {key:<46} {size / 1e9:8.3f} GB")
     if st.unsharded_gradient:

@@ -25,10 +25,9 @@ from locmoe_ms.planning.flops import capacity_of, op_total, parameter_counts, st
 from locmoe_ms.planning.hardware import KINDS, Hardware
 from locmoe_ms.planning.routing import Routing
 from locmoe_ms.config import Config
-from locmoe_ms.parallel.exchange import all_gather_rows, all_to_all_rows, exchange_terms
+from locmoe_ms.parallel.exchange import VALUE_BYTES, all_gather_rows, all_to_all_rows, exchange_terms
 from locmoe_ms.parallel.topology import Topology
 
-ACTIVATION_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GRADIENT_BYTES = 4  # float32 parameters and gradients (compute_dtype casts only the matmul inputs)
 
 
@@ -39,7 +38,8 @@ def rank_exchange_bytes(cfg: Config, fill: np.ndarray, rank: int, count_aware: b
     par, topo = cfg.parallel_config, Topology.from_config(cfg)
     count_aware = par.count_aware if count_aware is None else count_aware
     ep, per, capacity = topo.expert_parallel, topo.expert_num // topo.expert_parallel, capacity_of(cfg)
-    kinds, gather_kinds, row_bytes = exchange_terms(topo, rank, cfg.model.hidden_size, par.exchange)
+    m = cfg.model
+    kinds, gather_kinds, row_bytes = exchange_terms(topo, rank, m.hidden_size, par.exchange, m.compute_dtype)
     block = topo.expert_block(rank)
     mine = slice(block * per, (block + 1) * per)
     send = fill[topo.token_group_of_rank(rank)].reshape(ep, per)
@@ -114,7 +114,7 @@ def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
         times = []
         for rank in range(world):
             a2a, ag = rank_exchange_bytes(cfg, fill, rank)
-            kinds, gather_kinds, _ = exchange_terms(topo, rank, m.hidden_size, par.exchange)
+            kinds, gather_kinds, _ = exchange_terms(topo, rank, m.hidden_size, par.exchange, m.compute_dtype)
             a2a_messages = kinds.sum(axis=0) * 2 * chunks           # one block per peer, dispatch and combine
             ag_messages = gather_kinds * 2 * chunks
             times.append((_send_time(hw, "all_to_all", world, a2a, a2a_messages),
@@ -130,7 +130,7 @@ def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
         a2a_total += slowest[0] * passes * micro
         ag_total += slowest[1] * passes * micro
     tokens_per_group = cfg.micro_batch_size * m.seq_length / topo.token_groups
-    activation = tokens_per_group * m.hidden_size * ACTIVATION_BYTES[m.compute_dtype]
+    activation = tokens_per_group * m.hidden_size * VALUE_BYTES[m.compute_dtype]  # the matmul's partial sums
     sparse = len(m.sparse_layers)
     all_reduces = 2 * (m.num_layers - sparse + 1) + sparse        # attention and FFN of dense blocks, attention
     tp = passes * all_reduces * micro * _ring_all_reduce(hw, world, activation, topo.model_parallel, 1)

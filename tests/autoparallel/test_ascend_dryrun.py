@@ -57,7 +57,8 @@ RANK_15 = {("AlltoAll", "locmoe_1_3_5_7_9_11_13_15"),       # expert exchange: t
              ("AllReduce", "locmoe_0_2_4_6_8_10_12_14"), ("AllReduce", "locmoe_0_1"),
              ("AllReduce", "hccl_world_group")}),
     (15, HEALTH, RANK_15),  # bias balancing sums the load over the data group, as the auxiliary loss does
-], ids=["rank15", "rank0", "rank15-health"])
+    (15, ["--set", "model.compute_dtype=float16"], RANK_15),
+], ids=["rank15", "rank0", "rank15-health", "rank15-float16"])
 def test_explicit_train_step_uses_the_topology_groups(cann_stub, tmp_path, rank, options, expected):
     code, out, result = dryrun(cann_stub, tmp_path, *EXPLICIT, *options, "--rank", str(rank),
                                "--set", "train.loss_scale=dynamic")
@@ -69,6 +70,9 @@ def test_explicit_train_step_uses_the_topology_groups(cann_stub, tmp_path, rank,
     # forward + backward of dispatch and combine, each [ep, experts per rank, capacity, hidden / tp]
     assert len(exchange) == 4 and all(c["shape"][:2] == [8, 1] and c["shape"][-1] == 128 for c in exchange)
     assert all("moe-MoELayer/exchange-ExpertExchange" in c["scope"] for c in exchange)
+    moved = "Float16" if "model.compute_dtype=float16" in options else "Float32"  # the expert path's dtype
+    assert {c["dtype"] for c in result["collectives"] if "exchange-ExpertExchange" in c["scope"]
+            and c["op"] in ("AlltoAll", "AllGather")} == {moved}
 
 
 EP_GROUP, TP_GROUP = [0, 2, 4, 6], [0, 1]  # of rank 0 in AUTO's cluster (2 nodes x 4, tp 2, ep 4)
@@ -213,10 +217,13 @@ def test_pangu_64n_with_two_expert_copies_has_no_unlisted_redistribution(cann_st
                                config="model_configs/pangu_sigma_64n.yaml")
     assert result is not None and result["compiled"], out
     _assert_only_listed_redistributions(code, out, result)
-    exchange = [(c["op"], c["ranks"]) for c in result["collectives"] if "layouts-GroupwiseLayouts" in c["scope"]
+    exchange = [c for c in result["collectives"] if "layouts-GroupwiseLayouts" in c["scope"]
                 and c["kind"] == "redistribution" and "Gradients" not in c["scope"]]
     # by hand: rank = (edp * ep + ep_index) * mp + mp_index; the expert group varies ep_index, the tensor group mp_index
-    assert sorted(exchange) == [("AllGather", list(range(40, 48)))] * 2 + [("AlltoAll", [37, 45, 53, 61])] * 2, out
+    assert sorted((c["op"], c["ranks"]) for c in exchange) == [("AllGather", list(range(40, 48)))] * 2 + \
+        [("AlltoAll", [37, 45, 53, 61])] * 2, out
+    # the expert path moves compute_dtype: float16 in the PanGu configs
+    assert {c["dtype"] for c in exchange} == {"Float16"}, exchange
 
 
 def test_auto_mode_exchange_is_groupwise(auto_forward):
@@ -238,14 +245,27 @@ def test_collectives_are_read_from_both_ir_forms():
       : (<Tensor[Float32], (256, 256)>) -> (<null>)
       # Scope: (Default/network-PanGuSigmaLM/blocks-CellList/0-DenseBlock/attention-Attention)
   %147(CNode_2) = AlltoAll(%146) {instance name: exchange} primitive_attrs: {split_dim: I64(0), group: "locmoe_1_3_5_7", rank_size: I64(4)} cnode_attrs: {checkpoint: Bool(1)}
-      : (<Tensor[Float32], (4, 1, 20, 128)>) -> (<Tensor[Float32], (4, 1, 20, 128)>)
+      : (<Tensor[Float16], (4, 1, 20, 128)>) -> (<Tensor[Float16], (4, 1, 20, 128)>)
       # Fullname with scope: (Default/loss_net-LanguageModelLoss/network-PanGuSigmaLM/moe-MoELayer/exchange-ExpertExchange)
+  %4(CNode_3) = PrimFunc_StridedSlice(%3, (I64(0), I64(0))) {instance name: send_slice}
+      : (<Tensor[Float16], (8, 16)>, <Tuple[Int64*2], TupleShape(NoShape, NoShape)>) -> (<Tensor[Float16], (8, 16)>)
+      # Scope: (Default/moe-MoELayer/layouts-GroupwiseLayouts)
+  %5(CNode_4) = PrimFunc_Reshape(%4, (I64(2), I64(64))) {instance name: redistribution_op_1Reshape_}
+      : (<null>, <Tuple[Int64*2], TupleShape(NoShape, NoShape)>) -> (<null>)
+      # Scope: (Default/moe-MoELayer/layouts-GroupwiseLayouts)
+  %6(CNode_5) = AlltoAll(%5) {instance name: redistribution_op_2AlltoAll_} primitive_attrs: {group: "4-9", group_ranks: "0-2-4-6", rank_size: I64(4)}
+      : (<null>) -> (<null>)
+      # Scope: (Default/moe-MoELayer/layouts-GroupwiseLayouts)
 """
-    first, second = parse_collectives(ir, world=8)
-    assert (first.op, first.ranks, first.kind, first.shape) == ("AllGather", (0, 1), "redistribution", (256, 256))
+    first, second, inserted = parse_collectives(ir, world=8)
+    # the parallel passes leave the nodes they insert untyped: the operand's type is followed back to a typed node
+    assert (inserted.op, inserted.ranks, inserted.dtype) == ("AlltoAll", (0, 2, 4, 6), "Float16")
+    assert (first.op, first.ranks, first.kind, first.shape, first.dtype) == ("AllGather", (0, 1), "redistribution",
+                                                                            (256, 256), "Float32")
     assert first.scope.endswith("0-DenseBlock/attention-Attention")
     assert (second.op, second.group, second.ranks, second.kind) == ("AlltoAll", "locmoe_1_3_5_7", (1, 3, 5, 7), "model")
     assert second.scope.endswith("moe-MoELayer/exchange-ExpertExchange") and second.shape == (4, 1, 20, 128)
+    assert second.dtype == "Float16"
 
 
 def test_bad_input_is_one_line(tmp_path):

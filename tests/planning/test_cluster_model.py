@@ -155,3 +155,21 @@ def test_micro_batches_repeat_the_micro_step_and_reduce_gradients_once():
     for part in ("compute", "expert_compute", "all_to_all", "all_gather", "exchange_exposed", "tensor_parallel"):
         assert getattr(b, part) == pytest.approx(16 * getattr(a, part), rel=1e-9), part
     assert b.gradient_all_reduce == a.gradient_all_reduce and b.bytes_per_layer == a.bytes_per_layer
+
+
+def test_exchange_bytes_follow_the_compute_dtype_by_hand():
+    """pangu_sigma_128n moves its expert path in float16: the slowest rank's padded forward (dispatch + combine)
+    sends 160 slots x 1 expert x 640 columns (5120 / tp 8) x 2 B x 2 to each of its 15 expert-group peers on other
+    nodes, and gathers 2 x 16 x 160 rows of 640 columns to its 7 tensor-parallel peers; float32 doubles both."""
+    from locmoe_ms.config import load_config
+    from locmoe_ms.planning.step_model import rank_exchange_bytes
+
+    half = load_config(ROOT / "model_configs" / "pangu_sigma_128n.yaml")
+    full = load_config(ROOT / "model_configs" / "pangu_sigma_128n.yaml", ["model.compute_dtype=float32"])
+    assert half.model.compute_dtype == "float16" and capacity_of(half) == 160
+    fill = np.full((16, 16), 160.0)
+    a2a, ag = rank_exchange_bytes(half, fill, 127)
+    assert a2a.tolist() == [2 * 160 * 640 * 2, 0, 15 * 2 * 160 * 640 * 2] and a2a[2] == 6_144_000
+    assert ag.tolist() == [0, 7 * 2 * 16 * 160 * 640 * 2, 0] and ag[1] == 45_875_200
+    a2a32, ag32 = rank_exchange_bytes(full, fill, 127)
+    assert a2a32.tolist() == (2 * a2a).tolist() and ag32.tolist() == (2 * ag).tolist()
