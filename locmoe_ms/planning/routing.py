@@ -125,7 +125,17 @@ def biased_loads(shares: np.ndarray, bias: float | None, local_share: float | No
     return loads
 
 
-def trace_routing(trace: Trace, cfg: Config, capacity: int) -> Routing:
+def locality_bias(trace: Trace) -> float:
+    """The logit bias toward local experts a run shows: logit(its local share, over its steps and layers) -
+    logit(its local fraction of experts). Carries one run's locality to another run's expert shares."""
+    fraction = float(_local_fraction(Topology.from_config(trace.config)).mean())
+    local = float(np.mean([layer["local_share"] for r in trace.records for layer in r["moe_layers"]]))
+    return _logit(local) - _logit(fraction) if 0 < fraction < 1 else 0.0
+
+
+def trace_routing(trace: Trace, cfg: Config, capacity: int, bias: float | None = None) -> Routing:
+    """The trace's routing on cfg's cluster; `bias` (locality_bias of another run) replaces the trace's own
+    locality when the cluster differs."""
     _check_experts(trace, cfg)
     layers = len(cfg.model.sparse_layers)
     if same_cluster(trace.config, cfg):
@@ -143,11 +153,11 @@ def trace_routing(trace: Trace, cfg: Config, capacity: int) -> Routing:
         i = j * trace_layers // layers
         counts = np.sum([r["moe_layers"][i]["tokens_per_expert"] for r in trace.records], axis=0).astype(float)
         local = float(np.mean([r["moe_layers"][i]["local_share"] for r in trace.records]))
-        bias = _logit(local) - _logit(f_source) if 0 < f_source < 1 else 0.0
-        loads.append(biased_loads(counts / counts.sum(), bias, None, target, tokens))
+        own = _logit(local) - _logit(f_source) if 0 < f_source < 1 else 0.0
+        loads.append(biased_loads(counts / counts.sum(), own if bias is None else bias, None, target, tokens))
+    where = f"trace local fraction {f_source:.3f}" if bias is None else f"locality logit bias {bias:.3f} given"
     return Routing([np.minimum(x, capacity) for x in loads], loads,
-                   trace.label + f", scaled: expert shares and a locality logit bias (trace local fraction "
-                                 f"{f_source:.3f})")
+                   trace.label + f", scaled: expert shares and a locality logit bias ({where})")
 
 
 def synthetic_routing(cfg: Config, capacity: int, zipf: float, local_share: float | None) -> Routing:

@@ -82,6 +82,8 @@ class Breakdown:
     tensor_parallel: float            # dense layers' All-Reduce
     gradient_all_reduce: float        # data-parallel, exposed part
     flops_per_device: float
+    exchange_idle: float = 0.0        # part of the exchange a rank of mean load waits for the slowest rank
+    gradient_hidden: float = 0.0      # data-parallel All-Reduce hidden behind the backward (gradient_overlap)
     bytes_per_layer: dict = field(default_factory=dict)   # slowest rank's forward bytes by collective and kind
 
     @property
@@ -91,6 +93,17 @@ class Breakdown:
     @property
     def all_to_all_share(self) -> float:
         return self.all_to_all / self.step
+
+    def categories(self) -> dict[str, float]:
+        """The step in the paper's Figure 10 categories (s; they add up to the step): computation alone,
+        communication alone (exposed exchange, tensor-parallel and gradient All-Reduces, less the idle wait), the
+        overlap (exchange hidden behind the expert FFN, gradients behind the backward) and idle (the part of the
+        exposed exchange a rank of mean load spends waiting for the slowest)."""
+        hidden = self.all_to_all + self.all_gather - self.exchange_exposed + self.gradient_hidden
+        idle = min(self.exchange_idle, self.exchange_exposed)
+        return {"computation": self.compute - hidden,
+                "communication": self.exchange_exposed + self.tensor_parallel + self.gradient_all_reduce - idle,
+                "overlap": hidden, "idle": idle}
 
     def as_dict(self) -> dict:
         return {**{k: v for k, v in self.__dict__.items()}, "step": self.step,
@@ -108,7 +121,7 @@ def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
     passes = 3 if m.recompute else 2
     expert_forward = ops["experts"].forward / len(m.sparse_layers) / world / rate / micro  # one layer, pass, micro
     chunks = max(1, min(par.exchange_chunks, capacity_of(cfg)))
-    a2a_total = ag_total = exposed = 0.0
+    a2a_total = ag_total = exposed = idle = 0.0
     worst = {}
     for fill in routing.fills:
         times = []
@@ -123,6 +136,7 @@ def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
         worst = {"all_to_all": dict(zip(KINDS, slowest[2].tolist())),
                  "all_gather": dict(zip(KINDS, slowest[3].tolist()))}
         exchange = slowest[0] + slowest[1]
+        idle += (exchange - float(np.mean([t[0] + t[1] for t in times]))) * passes * micro
         for compute_scale in (1, 2) + ((1,) if m.recompute else ()):  # forward, backward, recompute
             compute = expert_forward * compute_scale
             a, b = exchange / chunks, compute / chunks
@@ -145,4 +159,4 @@ def step_time(cfg: Config, routing: Routing, hw: Hardware) -> Breakdown:
                      expert_compute=op_total(ops["experts"], m.recompute) / world / rate,
                      all_to_all=a2a_total, all_gather=ag_total, exchange_exposed=exposed, tensor_parallel=tp,
                      gradient_all_reduce=grads * (1 - hw.gradient_overlap), flops_per_device=flops,
-                     bytes_per_layer=worst)
+                     bytes_per_layer=worst, exchange_idle=idle, gradient_hidden=grads * hw.gradient_overlap)
