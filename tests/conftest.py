@@ -67,3 +67,17 @@ def dryrun(stub: Path, tmp: Path, *args: str, config: str = "model_configs/tiny_
                            str(stub), "--ir-dir", str(tmp / "ir"), "--json", str(out)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
     return proc.returncode, proc.stdout + proc.stderr, json.loads(out.read_text()) if out.is_file() else None
+
+
+# The longest test files (seconds of one 2-core run at 6a8a15d, --durations), started first so that the two
+# xdist workers (--dist loadfile --no-loadscope-reorder, README's test command) finish together; by default xdist
+# starts the files with the most tests, which left msrun files running alone at the end.
+LONGEST_FIRST = ("parallel/test_distributed.py", "autoparallel/test_ascend_dryrun.py", "ckpt/test_auto_slices.py",
+                 "train/test_train.py", "planning/test_cluster_model.py", "experiments/test_experiments.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the order inside each file is kept
