@@ -238,6 +238,8 @@ def run_child(args, cfg, lib: Path) -> tuple[dict, Path | None]:
     env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":"),
            "MS_SIMULATION_LEVEL": "0", "RANK_SIZE": str(cfg.virtual_devices), "RANK_ID": str(args.rank),
            "MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": str(ir_dir), "GLOG_v": "3",
+           # only the two stages the checks read (autoparallel/dryrun.py find_ir), not one dump per pass
+           "MS_DEV_DUMP_IR_PASSES": os.environ.get("MS_DEV_DUMP_IR_PASSES", "step_parallel_end,validate"),
            "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}".rstrip(":")}
     argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], CHILD_FLAG, str(result_file)]
     result_file.unlink(missing_ok=True)
