@@ -28,7 +28,7 @@ from locmoe_ms.config import load_config  # noqa: E402
 from locmoe_ms.errors import ArgumentParser, UserInputError, exits_on_bad_input  # noqa: E402
 from locmoe_ms.paths import input_file, output_file  # noqa: E402
 
-TRACES = ROOT / "docs" / "results" / "traces"
+TRACES = systems.TRACES
 ASSUMPTIONS = """assumptions (README.md, "How fast on a cluster"):
   - compute: matmul FLOPs only, at peak x efficiency of the hardware file; experts over every capacity slot
   - All-to-All pairwise (kinds add up), the slowest rank sets each layer; the backward and a recompute repeat it

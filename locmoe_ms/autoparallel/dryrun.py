@@ -117,7 +117,6 @@ def parse_collectives(ir_text: str, world: int | None = None) -> list[Collective
             shape_match = _SHAPE.search(follow)
             if shape_match and not shape:
                 shape = tuple(int(d) for d in shape_match.group(1).replace(" ", "").split(",") if d)
-
             scope_match = _SCOPE.search(follow)
             if scope_match:
                 scope = scope_match.group(1)

@@ -51,5 +51,5 @@ class Experts(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         d = self.dtype
-        hidden = self.act(self.add_in(self.bmm_in(in_dtype(d, x), in_dtype(d, self.w_in)), in_dtype(d, self.b_in)))
+        hidden = self.act(self.add_in(self.bmm_in(x, in_dtype(d, self.w_in)), in_dtype(d, self.b_in)))  # x: in d
         return self.bmm_out(hidden, in_dtype(d, self.w_out)) + in_dtype(d, self.b_out)

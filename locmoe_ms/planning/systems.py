@@ -16,6 +16,7 @@ on its own and all together with the same byte and FLOP functions as every other
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from locmoe_ms.config import Config, load_config
@@ -70,10 +71,16 @@ def variant_config(cluster: int, variant: Variant, baseline: str, count_aware: b
                                               *variant.overrides, aware, *extra])
 
 
+@lru_cache(maxsize=None)
+def _trace(path: Path):
+    """A trace, read once per process (every system of --paper routes from the same few)."""
+    return read_trace(path)
+
+
 def variant_routing(cfg: Config, variant: Variant) -> Routing:
     """The router's CPU trace scaled to cfg's cluster, with the locality run's bias for LocMoE's router."""
-    bias = locality_bias(read_trace(LOCALITY_RUN)) if variant.locality else None
-    return trace_routing(read_trace(TRACES / cfg.moe_config.router / "metrics.jsonl"), cfg, capacity_of(cfg), bias)
+    bias = locality_bias(_trace(LOCALITY_RUN)) if variant.locality else None
+    return trace_routing(_trace(TRACES / cfg.moe_config.router / "metrics.jsonl"), cfg, capacity_of(cfg), bias)
 
 
 def price(cluster: int, variant: Variant, baseline: str, hw: Hardware, count_aware: bool = False,
