@@ -118,6 +118,8 @@ def test_bad_inputs_one_line_exit_2(tmp_path):
         (["--config", config, "--trace", tmp_path / "missing.jsonl"], "missing.jsonl: metrics.jsonl not found"),
         (["--config", tmp_path / "missing.yaml"], "missing.yaml: config file not found"),
         (["--config", config, "--zipf", "-1"], "--zipf = -1.0"),
+        (["--paper", "--locmoe-chunks", "0"], "--locmoe-chunks = 0: must be >= 1"),
+        (["--paper", "--locmoe-capacity-factor", "0"], "--locmoe-capacity-factor = 0.0: must be > 0"),
     ]
     for args, message in cases:
         run = _tool(*args)
