@@ -1,6 +1,7 @@
 """locmoe-train / locmoe-eval on the real corpus (Wikipedia intros, GPT-2 BPE), run as real processes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,9 +44,17 @@ def test_loss_falls_over_30_steps_for_each_router(tmp_path, router):
     assert last < first - 1.0, (router, first, last)
 
 
-def test_metrics_jsonl_schema(tmp_path):
-    run = _train(tmp_path, "--max-steps", "4", "--set", "train.eval_every=2", "--set", "train.save_every=4")
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+    """4 steps, validated at steps 2 and 4, saved at step 4: (output directory, the run's process)."""
+    out = tmp_path_factory.mktemp("four_steps")
+    run = _train(out, "--max-steps", "4", "--set", "train.eval_every=2", "--set", "train.save_every=4")
     assert run.returncode == 0, run.stderr[-2000:]
+    return out, run
+
+
+def test_metrics_jsonl_schema(four_steps):
+    tmp_path, run = four_steps
     records = _metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for r in records:
@@ -74,12 +83,11 @@ SCALING = ["--set", "train.loss_scale=dynamic", "--set", "train.loss_scale_windo
 DOMAINS = ["--set", "data.corpus=wiki_en+peoples_daily", "--set", "data.node_domains=[0, 1]"]
 
 
-@pytest.mark.parametrize("variant", [[], SCALING, DOMAINS], ids=["plain", "loss_scale", "domain_sharded"])
-def test_killed_run_resumes_with_identical_losses(tmp_path, variant):
-    """SIGKILL after the step-8 checkpoint, then --resume: every step's loss (and with dynamic loss scaling every
-    scale and skipped step: the scaler's state is in the checkpoint; with domain-sharded data every domain's
-    stream position) equals the unbroken run's."""
-    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12", *variant]
+def test_killed_run_resumes_with_identical_losses(tmp_path):
+    """SIGKILL after the step-8 checkpoint, then --resume: every step's loss, loss scale (dynamic, three injected
+    overflows: the scaler's state is in the checkpoint), skipped step and learning rate, and each domain's
+    validation perplexity (domain-sharded data: every domain's stream position is in it) equals the unbroken run's."""
+    steps = ["--max-steps", "12", "--set", "train.save_every=4", "--set", "train.eval_every=12", *SCALING, *DOMAINS]
     straight = _train(tmp_path / "straight", *steps)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -104,42 +112,51 @@ def test_killed_run_resumes_with_identical_losses(tmp_path, variant):
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-6, (x["step"], x["loss"], y["loss"])
         assert (x["loss_scale"], x["skipped"], x["lr"]) == (y["loss_scale"], y["skipped"], y["lr"]), x["step"]
-    if variant is SCALING:
-        assert [r["step"] for r in a if r["skipped"]] == [3, 7, 10]
-    if variant is DOMAINS:
-        assert set(a[-1]["valid_ppl_by_domain"]) == {"wiki_en", "peoples_daily"}
-        assert a[-1]["valid_ppl_by_domain"] == b[-1]["valid_ppl_by_domain"]
+    assert [r["step"] for r in a if r["skipped"]] == [3, 7, 10]
+    assert len({r["loss_scale"] for r in a}) > 1  # the scale moved: window 2 doubles it, each overflow halves it
+    assert set(a[-1]["valid_ppl_by_domain"]) == {"wiki_en", "peoples_daily"}
+    assert a[-1]["valid_ppl_by_domain"] == b[-1]["valid_ppl_by_domain"]
 
 
-def test_eval_reproduces_the_perplexity_logged_at_save_time(tmp_path):
-    run = _train(tmp_path, "--max-steps", "6", "--set", "train.eval_every=6", "--set", "train.save_every=6")
-    assert run.returncode == 0, run.stderr[-2000:]
-    logged = _metrics(tmp_path)[-1]["valid_ppl"]
-    ev = _cli("eval_main", "--config", CONFIG, *SMALL, "--checkpoint",
-              str(tmp_path / "checkpoints" / "step_00000006.ckpt"), "--json")
+def test_eval_reproduces_the_perplexity_logged_at_save_time(four_steps, tmp_path):
+    run_dir = four_steps[0]
+    logged = _metrics(run_dir)[-1]["valid_ppl"]
+    saved = str(run_dir / "checkpoints" / "step_00000004.ckpt")
+    ev = _cli("eval_main", "--config", CONFIG, *SMALL, "--checkpoint", saved, "--json")
     assert ev.returncode == 0, ev.stderr[-2000:]
     result = json.loads(ev.stdout.strip().splitlines()[-1])
     assert result["valid_ppl"] == pytest.approx(logged, rel=1e-6)
     assert result["valid_ppl_at_save"] == pytest.approx(logged, rel=1e-6)
     # --init-from starts a new run from those weights: with a vanishing learning rate its first validation equals
     # the checkpoint's; a fresh start is far from it
-    start = _train(tmp_path / "again", "--init-from", str(tmp_path / "checkpoints" / "step_00000006.ckpt"),
-                   "--max-steps", "1", "--set", "train.eval_every=1", "--set", "train.warmup_steps=0",
-                   "--set", "train.learning_rate=1.0e-12", "--set", "train.min_learning_rate=0")
+    start = _train(tmp_path / "again", "--init-from", saved, "--max-steps", "1", "--set", "train.eval_every=1",
+                   "--set", "train.warmup_steps=0", "--set", "train.learning_rate=1.0e-12",
+                   "--set", "train.min_learning_rate=0")
     assert start.returncode == 0, start.stderr[-2000:]
     assert _metrics(tmp_path / "again")[0]["valid_ppl"] == pytest.approx(logged, rel=1e-5)
     # the same checkpoint under another router is another model: refused, naming the key and both values
-    other = _cli("eval_main", "--config", CONFIG, *SMALL, "--set", "moe_config.router=hash", "--checkpoint",
-                 str(tmp_path / "checkpoints" / "step_00000006.ckpt"))
-    _assert_one_line_error(other, "step_00000006.ckpt", "moe_config.router: saved 'locmoe', now 'hash'")
+    other = _cli("eval_main", "--config", CONFIG, *SMALL, "--set", "moe_config.router=hash", "--checkpoint", saved)
+    _assert_one_line_error(other, "step_00000004.ckpt", "moe_config.router: saved 'locmoe', now 'hash'")
 
 
-def test_resume_without_a_checkpoint_says_so_and_starts_at_step_1(tmp_path):
-    run = _train(tmp_path, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2",
-                 "--resume")
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    """2 steps saved at step 2, started with --resume in an empty directory: (output directory, the process)."""
+    out = tmp_path_factory.mktemp("two_steps") / "run"
+    run = _train(out, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2", "--resume")
     assert run.returncode == 0, run.stderr[-2000:]
-    assert f"warning: --resume: no checkpoint in {tmp_path / 'checkpoints'}; starting at step 1" in run.stderr
-    assert [r["step"] for r in _metrics(tmp_path)] == [1, 2]
+    return out, run
+
+
+def _copy(two_steps, tmp_path) -> Path:
+    shutil.copytree(two_steps[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_without_a_checkpoint_says_so_and_starts_at_step_1(two_steps):
+    out, run = two_steps
+    assert f"warning: --resume: no checkpoint in {out / 'checkpoints'}; starting at step 1" in run.stderr
+    assert [r["step"] for r in _metrics(out)] == [1, 2]
 
 
 def _assert_one_line_error(run, *parts):
@@ -169,9 +186,8 @@ def test_bad_checkpoint(tmp_path):
                            "nope.ckpt", "not found")
 
 
-def test_truncated_checkpoint_is_refused_on_resume(tmp_path):
-    run = _train(tmp_path, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2")
-    assert run.returncode == 0, run.stderr[-2000:]
+def test_truncated_checkpoint_is_refused_on_resume(two_steps, tmp_path):
+    tmp_path = _copy(two_steps, tmp_path)
     ckpt = tmp_path / "checkpoints" / "step_00000002.ckpt"
     data = ckpt.read_bytes()
     os.chmod(ckpt, 0o600)
@@ -198,9 +214,8 @@ def test_bad_overrides_and_flags(tmp_path, args, parts):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_existing_run_is_not_overwritten_without_resume(tmp_path):
-    run = _train(tmp_path, "--max-steps", "2", "--set", "train.eval_every=2", "--set", "train.save_every=2")
-    assert run.returncode == 0
+def test_existing_run_is_not_overwritten_without_resume(two_steps, tmp_path):
+    tmp_path = _copy(two_steps, tmp_path)
     before = (tmp_path / "metrics.jsonl").read_text()
     _assert_one_line_error(_train(tmp_path, "--max-steps", "2"), "--resume")
     assert (tmp_path / "metrics.jsonl").read_text() == before
