@@ -46,6 +46,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+
 # ---- the Ascend dry run (tools/ascend_dryrun.py): compiles for Ascend on this CPU with stand-in CANN libraries
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = [t for t in ("gcc", "g++", "nm", "readelf") if shutil.which(t) is None]
@@ -68,6 +69,35 @@ def dryrun(stub: Path, tmp: Path, *args: str, config: str = "model_configs/tiny_
                           timeout=timeout, cwd=ROOT)
     return proc.returncode, proc.stdout + proc.stderr, json.loads(out.read_text()) if out.is_file() else None
 
+
+_CASES_DRIVER = r"""
+import contextlib, io, json, runpy, sys, traceback
+tool, results = sys.argv[1], []
+for argv in json.loads(sys.argv[2]):
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        sys.argv = [tool, *argv]
+        try:
+            runpy.run_path(tool, run_name="__main__")
+        except SystemExit as end:
+            code = end.code if isinstance(end.code, int) else 0 if end.code is None else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def tool_cases(tool: Path, cases: list[list], timeout: float = 600) -> list[tuple[int, str]]:
+    """(exit code, stderr) of `python tool ARGS` for each argument list, run one after another in one process, so
+    MindSpore's import is paid once: each case ends as a process of its own would (SystemExit's code; an uncaught
+    exception's traceback and 1)."""
+    run = subprocess.run([sys.executable, "-c", _CASES_DRIVER, str(tool), json.dumps([[str(a) for a in c]
+                                                                                       for c in cases])],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [tuple(r) for r in json.loads(run.stdout.strip().splitlines()[-1])]
 
 # The longest test files (seconds of one 2-core run at 6a8a15d, --durations), started first so that the two
 # xdist workers (--dist loadfile --no-loadscope-reorder, README's test command) finish together; by default xdist

@@ -18,7 +18,7 @@ from locmoe_ms.ckpt import io
 from locmoe_ms.config import load_config
 from locmoe_ms.model.network import build_model
 from locmoe_ms.train import checkpoint
-from tests.conftest import MISSING, dryrun
+from tests.conftest import MISSING, dryrun, tool_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "convert_ckpt.py"
@@ -171,9 +171,10 @@ def test_bad_inputs_one_line_nothing_written(split8, trained, job, tmp_path):
         (["merge", trained, "--output", out / "m.ckpt"], "not a per-rank shard"),
     ]
     before = _files(split8)
-    for args, message in cases:
-        _refused(_tool(*args), message)
-        assert not out.exists(), args
+    for (args, message), (code, stderr) in zip(cases, tool_cases(TOOL, [args for args, _ in cases])):
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr[-2000:])
+    assert not out.exists()
     assert _files(split8) == before
 
 

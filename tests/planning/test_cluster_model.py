@@ -13,7 +13,7 @@ from locmoe_ms.planning.flops import capacity_of, step_ops
 from locmoe_ms.planning.routing import read_trace, step_fills
 from locmoe_ms.planning.step_model import cluster_exchange_bytes
 from locmoe_ms.config import config_from_dict
-from tests.conftest import free_port
+from tests.conftest import free_port, tool_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "cluster_model.py"
@@ -116,11 +116,9 @@ def test_bad_inputs_one_line_exit_2(tmp_path):
         (["--paper", "--locmoe-chunks", "0"], "--locmoe-chunks = 0: must be >= 1"),
         (["--paper", "--locmoe-capacity-factor", "0"], "--locmoe-capacity-factor = 0.0: must be > 0"),
     ]
-    for args, message in cases:
-        run = _tool(*args)
-        assert run.returncode == 2, (args, run.stderr)
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (args, run.stderr)
+    for (args, message), (code, stderr) in zip(cases, tool_cases(TOOL, [args for args, _ in cases])):
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
 
 
 def test_a_trace_of_the_same_expert_count_runs(tmp_path):
