@@ -46,7 +46,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-
 # ---- the Ascend dry run (tools/ascend_dryrun.py): compiles for Ascend on this CPU with stand-in CANN libraries
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = [t for t in ("gcc", "g++", "nm", "readelf") if shutil.which(t) is None]
@@ -81,6 +80,8 @@ for argv in json.loads(sys.argv[2]):
             runpy.run_path(tool, run_name="__main__")
         except SystemExit as end:
             code = end.code if isinstance(end.code, int) else 0 if end.code is None else 1
+            if not isinstance(end.code, (int, type(None))):
+                print(end.code, file=sys.stderr)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -89,15 +90,18 @@ print(json.dumps(results))
 """
 
 
-def tool_cases(tool: Path, cases: list[list], timeout: float = 600) -> list[tuple[int, str]]:
-    """(exit code, stderr) of `python tool ARGS` for each argument list, run one after another in one process, so
-    MindSpore's import is paid once: each case ends as a process of its own would (SystemExit's code; an uncaught
-    exception's traceback and 1)."""
-    run = subprocess.run([sys.executable, "-c", _CASES_DRIVER, str(tool), json.dumps([[str(a) for a in c]
-                                                                                       for c in cases])],
+def tool_cases(tool: Path, cases: list[list], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """`python tool ARGS` for each argument list, run one after another in one process so MindSpore's import is
+    paid once. Each case ends as a process of its own would (SystemExit's code; an uncaught exception's traceback
+    and 1) and comes back as subprocess.run's result, with its stderr (stdout is dropped)."""
+    argv = [[str(a) for a in case] for case in cases]
+    run = subprocess.run([sys.executable, "-c", _CASES_DRIVER, str(tool), json.dumps(argv)],
                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
-    return [tuple(r) for r in json.loads(run.stdout.strip().splitlines()[-1])]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == len(argv), run.stderr[-3000:]
+    return [subprocess.CompletedProcess([str(tool), *a], code, "", err) for a, (code, err) in zip(argv, results)]
+
 
 # The longest test files (seconds of one 2-core run at 6a8a15d, --durations), started first so that the two
 # xdist workers (--dist loadfile --no-loadscope-reorder, README's test command) finish together; by default xdist

@@ -116,9 +116,9 @@ def test_bad_inputs_one_line_exit_2(tmp_path):
         (["--paper", "--locmoe-chunks", "0"], "--locmoe-chunks = 0: must be >= 1"),
         (["--paper", "--locmoe-capacity-factor", "0"], "--locmoe-capacity-factor = 0.0: must be > 0"),
     ]
-    for (args, message), (code, stderr) in zip(cases, tool_cases(TOOL, [args for args, _ in cases])):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
+    for (args, message), run in zip(cases, tool_cases(TOOL, [args for args, _ in cases])):
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and message in lines[0], (args, run.stderr)
 
 
 def test_a_trace_of_the_same_expert_count_runs(tmp_path):

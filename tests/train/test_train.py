@@ -149,6 +149,7 @@ def two_steps(tmp_path_factory):
 
 
 def _copy(two_steps, tmp_path) -> Path:
+    """A copy of the two-step run to change or resume."""
     shutil.copytree(two_steps[0], tmp_path / "run")
     return tmp_path / "run"
 
@@ -187,14 +188,14 @@ def test_bad_checkpoint(tmp_path):
 
 
 def test_truncated_checkpoint_is_refused_on_resume(two_steps, tmp_path):
-    tmp_path = _copy(two_steps, tmp_path)
-    ckpt = tmp_path / "checkpoints" / "step_00000002.ckpt"
+    run_dir = _copy(two_steps, tmp_path)
+    ckpt = run_dir / "checkpoints" / "step_00000002.ckpt"
     data = ckpt.read_bytes()
     os.chmod(ckpt, 0o600)
     ckpt.write_bytes(data[: len(data) // 2])
-    before = (tmp_path / "metrics.jsonl").read_text()
-    _assert_one_line_error(_train(tmp_path, "--max-steps", "4", "--resume"), "step_00000002.ckpt", "corrupted")
-    assert (tmp_path / "metrics.jsonl").read_text() == before, "a refused resume must not touch the run"
+    before = (run_dir / "metrics.jsonl").read_text()
+    _assert_one_line_error(_train(run_dir, "--max-steps", "4", "--resume"), "step_00000002.ckpt", "corrupted")
+    assert (run_dir / "metrics.jsonl").read_text() == before, "a refused resume must not touch the run"
 
 
 @pytest.mark.parametrize("args,parts", [
@@ -215,7 +216,7 @@ def test_bad_overrides_and_flags(tmp_path, args, parts):
 
 
 def test_existing_run_is_not_overwritten_without_resume(two_steps, tmp_path):
-    tmp_path = _copy(two_steps, tmp_path)
-    before = (tmp_path / "metrics.jsonl").read_text()
-    _assert_one_line_error(_train(tmp_path, "--max-steps", "2"), "--resume")
-    assert (tmp_path / "metrics.jsonl").read_text() == before
+    run_dir = _copy(two_steps, tmp_path)
+    before = (run_dir / "metrics.jsonl").read_text()
+    _assert_one_line_error(_train(run_dir, "--max-steps", "2"), "--resume")
+    assert (run_dir / "metrics.jsonl").read_text() == before
